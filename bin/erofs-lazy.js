@@ -1,0 +1,11 @@
+#!/usr/bin/env node
+// Entry point of the `erofs-lazy` command: runs the compiled CLI from dist/.
+import { main } from '../dist/src/cli/main.js';
+
+main(process.argv.slice(2)).then(
+  (code) => { process.exitCode = code; },
+  (err) => {
+    process.stderr.write(`erofs-lazy: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,38 @@
+// The blob interface that every image location implements: a registry repository (src/fetch/registry)
+// and an OCI image layout directory (src/fetch/ocilayout). Convert, inspect and mount speak only this.
+import type { Readable } from 'node:stream';
+import type { Descriptor, Platform, ResolvedImage } from './types.js';
+
+export interface ResolveOptions {
+  /** Platform to pick from an image index; defaults to the host's linux platform. */
+  platform?: Platform;
+}
+
+export interface ImageStore {
+  /** Where this store points, for messages; never contains credentials. */
+  readonly displayName: string;
+
+  /** Resolves the store's reference (tag or digest) to one image manifest, through an index if needed. */
+  resolve(options?: ResolveOptions): Promise<ResolvedImage>;
+
+  /** Reads a whole blob into memory, verifying its digest and size. For manifests, configs, small blobs. */
+  fetchBlob(desc: Descriptor): Promise<Buffer>;
+
+  /** Streams a whole blob; the stream errors (instead of ending) if the digest or size does not match. */
+  openBlob(desc: Descriptor): Promise<Readable>;
+
+  /** Reads blob bytes [start, end) exactly; fails if the store returns anything else. */
+  fetchRange(desc: Descriptor, start: number, end: number): Promise<Buffer>;
+
+  /** Whether the blob already exists at the destination (so a push can skip it). */
+  hasBlob(desc: Descriptor): Promise<boolean>;
+
+  /** Uploads a blob read from a file (chunked when large) or from memory; a no-op if it already exists. */
+  pushBlob(desc: Descriptor, content: { path: string } | { bytes: Buffer }): Promise<void>;
+
+  /** Stores a manifest (or index) under the store's tag, or by digest only when there is none. */
+  pushManifest(mediaType: string, bytes: Buffer): Promise<Descriptor>;
+
+  /** Releases connections. */
+  close(): Promise<void>;
+}
