@@ -8,9 +8,13 @@ export interface ResolveOptions {
   platform?: Platform;
 }
 
+export type BlobContent = { path: string } | { bytes: Buffer } | { stream: () => Promise<Readable> };
+
 export interface ImageStore {
   /** Where this store points, for messages; never contains credentials. */
   readonly displayName: string;
+  /** For a registry store, "host/repository" (used for cross-repository mounts); undefined for a layout. */
+  readonly registryRepository?: string;
 
   /** Resolves the store's reference (tag or digest) to one image manifest, through an index if needed. */
   resolve(options?: ResolveOptions): Promise<ResolvedImage>;
@@ -27,8 +31,12 @@ export interface ImageStore {
   /** Whether the blob already exists at the destination (so a push can skip it). */
   hasBlob(desc: Descriptor): Promise<boolean>;
 
-  /** Uploads a blob read from a file (chunked when large) or from memory; a no-op if it already exists. */
-  pushBlob(desc: Descriptor, content: { path: string } | { bytes: Buffer }): Promise<void>;
+  /**
+   * Uploads a blob from a file or a stream (chunked when large) or from memory; a no-op if it already
+   * exists. The store verifies digest and size of what it sent. With `crossMountFrom` (a repository on the
+   * same registry host holding the blob), a registry first tries a cross-repository mount.
+   */
+  pushBlob(desc: Descriptor, content: BlobContent, options?: { crossMountFrom?: string }): Promise<void>;
 
   /** Stores a manifest (or index) under the store's tag, or by digest only when there is none. */
   pushManifest(mediaType: string, bytes: Buffer): Promise<Descriptor>;
