@@ -3,7 +3,7 @@
 // (`.wh.NAME`, `.wh..wh..opq`) exactly as a Docker-built image would.
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { closeSync, createReadStream, openSync } from 'node:fs';
 import { chmod, copyFile, lutimes, mkdir, mkdtemp, readdir, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,17 +15,22 @@ import { sha256Digest } from '../util/digest.js';
 /** GNU tar arguments for a layer: pax format (xattrs, long names, sub-second mtimes), numeric owners, sorted. */
 const TAR_ARGS = ['--xattrs', '--xattrs-include=*', '--numeric-owner', '--format=pax', '--sort=name', '-c', '-f', '-'];
 
+/** Runs a command to completion; with `stdoutPath`, its standard output goes straight into that file. */
 async function run(cmd: string, args: string[], stdoutPath?: string): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', stdoutPath ? 'pipe' : 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    if (stdoutPath) child.stdout!.pipe(createWriteStream(stdoutPath));
-    child.on('error', reject);
-    child.on('close', (code) =>
-      code === 0 ? resolve() : reject(new Error(`${cmd} exited ${code}: ${stderr.trim().split('\n').pop() ?? ''}`)),
-    );
-  });
+  const out = stdoutPath ? openSync(stdoutPath, 'w') : 'ignore';
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const child = spawn(cmd, args, { stdio: ['ignore', out, 'pipe'] });
+      let stderr = '';
+      child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+      child.on('error', reject);
+      child.on('close', (code) =>
+        code === 0 ? resolve() : reject(new Error(`${cmd} exited ${code}: ${stderr.trim().split('\n').pop() ?? ''}`)),
+      );
+    });
+  } finally {
+    if (typeof out === 'number') closeSync(out);
+  }
 }
 
 async function hashFile(path: string): Promise<string> {
