@@ -1,0 +1,612 @@
+// The lazy layer chunk source: serves the raw EROFS image of one seekable layer (U bytes) on demand. A read maps
+// to chunks; each chunk comes from the memory cache, else the disk cache, else the registry: the missing
+// chunks of one read that are adjacent in the blob go out as one Range request, a chunk wanted by several
+// reads is fetched once (single flight), requests in flight are bounded, and every frame is checked against
+// its SHA-512 (before decoding, off the main thread) before anything is served or cached. Transient fetch
+// errors are retried with backoff within a read deadline that no fetch, queue or disk can overrun.
+import { groupFrameRuns, frameFromRun, isSeekableReadError, IntegrityError, loadChunkTable, mapImageRange, SeekableFormatError } from '../chunktable/index.js';
+import type { ChunkTable, FrameRun } from '../chunktable/index.js';
+import type { ChunkKey, DiskChunkCache, MemoryChunkCache } from '../cache/types.js';
+import type { Descriptor } from '../oci/types.js';
+import type { ChunkDecoder } from './decodepool.js';
+import { sharedDecodePool } from './decodepool.js';
+import { Deadline, ignoreRejection, raceSignal } from './deadline.js';
+import { LayerClosedError, ReadDeadlineError } from './errors.js';
+import type { FetchSite } from './errors.js';
+import {
+  DEFAULT_REQUEST_TIMEOUT_MS,
+  DEFAULT_RETRY_INITIAL_DELAY_MS,
+  DEFAULT_RETRY_MAX_DELAY_MS,
+  fetchRangeWithRetry,
+} from './fetcher.js';
+import type { FetchHooks, RetryPolicy } from './fetcher.js';
+import { RequestSemaphore } from './semaphore.js';
+import type { RequestPriority } from './semaphore.js';
+import type { LayerFileSource, LayerStats, RangeFetcher, ReaderLog } from './types.js';
+
+/** A read (and the fetches it starts) fails after this long, retries included. */
+export const DEFAULT_READ_DEADLINE_MS = 30_000;
+/** Range requests one layer has in flight at most. */
+export const DEFAULT_MAX_INFLIGHT_REQUESTS = 8;
+/** A coalesced Range request grows to at most this many bytes (a single larger frame still goes alone). */
+export const DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024;
+/**
+ * Two missing frames of one read merge into one request when at most this many bytes of other frames (already
+ * cached or in flight) lie between them: at 100 Mbit/s and 10 ms round trip, about one round trip's worth.
+ */
+export const DEFAULT_MAX_GAP_BYTES = 128 * 1024;
+/**
+ * Readahead: when a read has to go to the registry, the next chunk(s) after its last missing chunk ride along
+ * in the same request (never a request of their own), unless already cached, on disk or in flight. It costs
+ * no extra round trip and halves the round trips of a sequential scan; 0 turns it off.
+ */
+export const DEFAULT_READAHEAD_CHUNKS = 1;
+/** A frame failing its SHA-512 is fetched again at most this many times (bytes altered in transit). */
+export const DEFAULT_INTEGRITY_RETRIES = 1;
+/** Prefetch works on at most this many runs at once (each run is one request). */
+export const DEFAULT_PREFETCH_CONCURRENCY = 2;
+
+export interface LazyLayerOptions {
+  /** Default DEFAULT_READ_DEADLINE_MS. */
+  readDeadlineMs?: number;
+  /** Per-request timeout; default DEFAULT_REQUEST_TIMEOUT_MS (capped by what is left of the deadline). */
+  requestTimeoutMs?: number;
+  /** Backoff of transient errors; defaults DEFAULT_RETRY_INITIAL_DELAY_MS, DEFAULT_RETRY_MAX_DELAY_MS. */
+  retryInitialDelayMs?: number;
+  retryMaxDelayMs?: number;
+  /** Default DEFAULT_MAX_INFLIGHT_REQUESTS. */
+  maxInflightRequests?: number;
+  /** Slots prefetch may hold at once; default maxInflightRequests − 1 (at least 1). */
+  maxPrefetchRequests?: number;
+  /** Default DEFAULT_MAX_REQUEST_BYTES. */
+  maxRequestBytes?: number;
+  /** Default DEFAULT_MAX_GAP_BYTES. */
+  maxGapBytes?: number;
+  /** Default DEFAULT_READAHEAD_CHUNKS. */
+  readaheadChunks?: number;
+  /** Default DEFAULT_INTEGRITY_RETRIES. */
+  integrityRetries?: number;
+  /** Frame verifier/decoder; default the process-wide worker pool (sharedDecodePool). Not closed by the layer. */
+  decoder?: ChunkDecoder;
+  /** Random source for backoff jitter (tests). */
+  random?: () => number;
+}
+
+export interface LazyLayerInit {
+  /** File name in the FUSE mount; default "<algorithm>-<hex>.erofs" from the layer digest. */
+  name?: string;
+  /** The layer descriptor (trusted: it comes from a verified manifest). */
+  descriptor: Descriptor;
+  /** Its chunk table, loaded and verified against chunk_digest (loadChunkTable or openLazyLayer). */
+  table: ChunkTable;
+  fetchRange: RangeFetcher;
+  memory: MemoryChunkCache;
+  disk?: DiskChunkCache;
+  options?: LazyLayerOptions;
+  /** Default: one line to stderr. */
+  log?: ReaderLog;
+}
+
+interface Deferred {
+  promise: Promise<Buffer>;
+  resolve: (data: Buffer) => void;
+  reject: (err: unknown) => void;
+}
+
+/** Flights owned by one fetch operation, by chunk index. */
+type Flights = Map<number, Deferred>;
+
+function deferred(): Deferred {
+  let resolve!: (data: Buffer) => void;
+  let reject!: (err: unknown) => void;
+  const promise = new Promise<Buffer>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  // Nobody may be waiting (a readahead chunk, a read already past its deadline): never an unhandled rejection.
+  ignoreRejection(promise);
+  return { promise, resolve, reject };
+}
+
+function checkPositive(name: string, value: number, allowZero = false): number {
+  if (!Number.isFinite(value) || value < 0 || (!allowZero && value === 0)) {
+    throw new RangeError(`${name} ${value} must be a ${allowZero ? 'non-negative' : 'positive'} number`);
+  }
+  return value;
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+const defaultLog: ReaderLog = (line) => {
+  process.stderr.write(`${line}\n`);
+};
+
+/** Mutable counters behind LayerStats. */
+interface Counters {
+  bytesFetched: number;
+  requests: number;
+  chunksFetched: number;
+  memoryHits: number;
+  diskHits: number;
+  bytesServed: number;
+  reads: number;
+  readErrors: number;
+  verificationFailures: number;
+  retries: number;
+}
+
+export class LazyLayer implements LayerFileSource {
+  readonly name: string;
+  readonly size: number;
+  readonly descriptor: Descriptor;
+  readonly table: ChunkTable;
+  readonly layerDigest: string;
+  readonly readDeadlineMs: number;
+  readonly #fetch: RangeFetcher;
+  readonly #memory: MemoryChunkCache;
+  readonly #disk: DiskChunkCache | undefined;
+  readonly #decoder: ChunkDecoder;
+  readonly #log: ReaderLog;
+  readonly #semaphore: RequestSemaphore;
+  readonly #policy: RetryPolicy;
+  readonly #maxGapBytes: number;
+  readonly #maxRequestBytes: number;
+  readonly #readahead: number;
+  readonly #integrityRetries: number;
+  /** Single flight: the chunks being obtained (disk or network) right now, shared by every read. */
+  readonly #inflight = new Map<number, Deferred>();
+  /** Chunks found locally or fetched at least once (for fractionFetched). */
+  readonly #present: Uint8Array;
+  #presentCount = 0;
+  readonly #pendingWrites = new Set<Promise<void>>();
+  readonly #closer = new AbortController();
+  #lastFetchError: unknown;
+  readonly #c: Counters = {
+    bytesFetched: 0,
+    requests: 0,
+    chunksFetched: 0,
+    memoryHits: 0,
+    diskHits: 0,
+    bytesServed: 0,
+    reads: 0,
+    readErrors: 0,
+    verificationFailures: 0,
+    retries: 0,
+  };
+
+  constructor(init: LazyLayerInit) {
+    const { descriptor, table } = init;
+    const options = init.options ?? {};
+    if (!table.verifiable) {
+      throw new SeekableFormatError(19, `layer ${descriptor.digest}: chunk table has HashAlgo 0, frames cannot be verified; use the sequential path`);
+    }
+    this.descriptor = descriptor;
+    this.table = table;
+    this.layerDigest = descriptor.digest;
+    this.name = init.name ?? `${descriptor.digest.replace(':', '-')}.erofs`;
+    this.size = table.uncompressedSize;
+    this.readDeadlineMs = checkPositive('readDeadlineMs', options.readDeadlineMs ?? DEFAULT_READ_DEADLINE_MS);
+    this.#fetch = init.fetchRange;
+    this.#memory = init.memory;
+    this.#disk = init.disk;
+    this.#decoder = options.decoder ?? sharedDecodePool();
+    this.#log = init.log ?? defaultLog;
+    const maxInflight = options.maxInflightRequests ?? DEFAULT_MAX_INFLIGHT_REQUESTS;
+    this.#semaphore = new RequestSemaphore(maxInflight, options.maxPrefetchRequests ?? Math.max(1, maxInflight - 1));
+    this.#policy = {
+      requestTimeoutMs: checkPositive('requestTimeoutMs', options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS),
+      retryInitialDelayMs: checkPositive('retryInitialDelayMs', options.retryInitialDelayMs ?? DEFAULT_RETRY_INITIAL_DELAY_MS, true),
+      retryMaxDelayMs: checkPositive('retryMaxDelayMs', options.retryMaxDelayMs ?? DEFAULT_RETRY_MAX_DELAY_MS, true),
+      random: options.random ?? Math.random,
+    };
+    this.#maxGapBytes = checkPositive('maxGapBytes', options.maxGapBytes ?? DEFAULT_MAX_GAP_BYTES, true);
+    this.#maxRequestBytes = checkPositive('maxRequestBytes', options.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES);
+    this.#readahead = Math.floor(checkPositive('readaheadChunks', options.readaheadChunks ?? DEFAULT_READAHEAD_CHUNKS, true));
+    this.#integrityRetries = Math.floor(checkPositive('integrityRetries', options.integrityRetries ?? DEFAULT_INTEGRITY_RETRIES, true));
+    this.#present = new Uint8Array(table.chunkCount);
+  }
+
+  /** Most range requests this layer has had in flight at once. */
+  get peakInflightRequests(): number {
+    return this.#semaphore.peak;
+  }
+
+  stats(): LayerStats {
+    const n = this.table.chunkCount;
+    return {
+      layerDigest: this.layerDigest,
+      imageSize: this.size,
+      blobSize: this.descriptor.size,
+      chunkCount: n,
+      lazy: true,
+      ...this.#c,
+      fractionFetched: n === 0 ? 1 : this.#presentCount / n,
+    };
+  }
+
+  /**
+   * Reads image bytes `[offset, offset + length)`, clamped at U (a read at or past U returns no bytes). Rejects
+   * with RangeError for a negative or non-integer offset/length, IntegrityError / SeekableFormatError when a
+   * frame fails verification, ChunkFetchError for a permanent fetch failure, ReadDeadlineError after the
+   * deadline, LayerClosedError after close().
+   */
+  async read(offset: number, length: number): Promise<Buffer> {
+    this.#c.reads++;
+    try {
+      const out = await this.#read(offset, length);
+      this.#c.bytesServed += out.length;
+      return out;
+    } catch (err) {
+      this.#c.readErrors++;
+      throw err;
+    }
+  }
+
+  async #read(offset: number, length: number): Promise<Buffer> {
+    if (this.#closer.signal.aborted) throw this.#closer.signal.reason;
+    const slices = mapImageRange(this.table, offset, length, 'clamp');
+    if (slices.length === 0) return Buffer.alloc(0);
+    const chunks: Array<Buffer | Promise<Buffer>> = [];
+    const owned: Flights = new Map();
+    let waiting = false;
+    for (const slice of slices) {
+      const cached = this.#fromMemory(slice.index);
+      if (cached) {
+        chunks.push(cached);
+        continue;
+      }
+      waiting = true;
+      const flight = this.#inflight.get(slice.index);
+      if (flight) {
+        chunks.push(flight.promise);
+      } else {
+        const d = this.#register(slice.index);
+        owned.set(slice.index, d);
+        chunks.push(d.promise);
+      }
+    }
+    let data: Buffer[];
+    if (!waiting) {
+      data = chunks as Buffer[];
+    } else {
+      if (owned.size > 0) ignoreRejection(this.#obtain(owned, 'demand'));
+      const deadline = new Deadline(
+        this.readDeadlineMs,
+        () =>
+          new ReadDeadlineError(
+            `layer ${this.layerDigest}: read of ${length} bytes at ${offset} did not complete within ${this.readDeadlineMs} ms${
+              this.#lastFetchError === undefined ? '' : ` (last fetch error: ${messageOf(this.#lastFetchError)})`
+            }`,
+            this.layerDigest,
+            this.readDeadlineMs,
+            { cause: this.#lastFetchError },
+          ),
+        this.#closer.signal,
+      );
+      try {
+        data = await raceSignal(Promise.all(chunks), deadline.signal);
+      } finally {
+        deadline.dispose();
+      }
+    }
+    const total = slices.reduce((sum, s) => sum + (s.hi - s.lo), 0);
+    const out = Buffer.allocUnsafe(total);
+    slices.forEach((slice, k) => {
+      data[k]!.copy(out, slice.outputOffset, slice.lo, slice.hi);
+    });
+    return out;
+  }
+
+  /**
+   * Fetches chunks ahead of need, with lower priority than reads: skips chunks in memory, on disk or in flight
+   * (waits for those in flight). Resolves when all are cached; rejects with an AggregateError naming the chunks
+   * that could not be fetched.
+   */
+  async prefetch(indices: number[]): Promise<void> {
+    for (const index of indices) {
+      if (!Number.isInteger(index) || index < 0 || index >= this.table.chunkCount) {
+        throw new RangeError(`layer ${this.layerDigest}: prefetch chunk index ${index} out of range [0, ${this.table.chunkCount})`);
+      }
+    }
+    const candidates = [...new Set(indices)].sort((a, b) => a - b).filter((i) => !this.#fromMemory(i, false));
+    const runs = groupFrameRuns(this.table, candidates, { maxGapBytes: 0, maxRequestBytes: this.#maxRequestBytes });
+    const errors: unknown[] = [];
+    const waits: Array<Promise<Buffer>> = [];
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < runs.length && !this.#closer.signal.aborted) {
+        const run = runs[next++]!;
+        const onDisk = await this.#onDisk(run.indices);
+        const owned: Flights = new Map();
+        for (const index of run.indices) {
+          const flight = this.#inflight.get(index);
+          if (onDisk.has(index)) this.#markPresent(index);
+          if (flight) {
+            waits.push(flight.promise);
+          } else if (!onDisk.has(index) && !this.#fromMemory(index, false)) {
+            const d = this.#register(index);
+            owned.set(index, d);
+            waits.push(d.promise);
+          }
+        }
+        if (owned.size > 0) await this.#obtain(owned, 'prefetch', true);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(DEFAULT_PREFETCH_CONCURRENCY, runs.length) }, worker));
+    const results = await Promise.allSettled(waits);
+    for (const r of results) if (r.status === 'rejected') errors.push(r.reason);
+    if (this.#closer.signal.aborted) errors.push(this.#closer.signal.reason);
+    if (errors.length > 0) {
+      throw new AggregateError(errors, `layer ${this.layerDigest}: prefetch of ${candidates.length} chunks: ${errors.length} failed (first: ${messageOf(errors[0])})`);
+    }
+  }
+
+  /** Waits until every chunk written so far has reached the disk cache (or failed to). */
+  async flush(): Promise<void> {
+    while (this.#pendingWrites.size > 0) await Promise.all(this.#pendingWrites);
+  }
+
+  /** Fails reads in progress and later with LayerClosedError, then waits for disk writes. Idempotent. */
+  async close(): Promise<void> {
+    if (!this.#closer.signal.aborted) this.#closer.abort(new LayerClosedError(this.layerDigest));
+    await this.flush();
+  }
+
+  #key(index: number): ChunkKey {
+    return { layerDigest: this.layerDigest, index };
+  }
+
+  #markPresent(index: number): void {
+    if (this.#present[index] === 0) {
+      this.#present[index] = 1;
+      this.#presentCount++;
+    }
+  }
+
+  /** The chunk from memory (a hit is counted unless `count` is false), or undefined. */
+  #fromMemory(index: number, count = true): Buffer | undefined {
+    const data = this.#memory.get(this.#key(index));
+    if (!data || data.length !== this.table.chunkLength(index)) return undefined;
+    if (count) {
+      this.#c.memoryHits++;
+      this.#markPresent(index);
+    }
+    return data;
+  }
+
+  #register(index: number): Deferred {
+    const d = deferred();
+    this.#inflight.set(index, d);
+    return d;
+  }
+
+  /**
+   * Settles chunk `index`'s flight among `flights` (those one #obtain call owns) and clears it from the shared
+   * map, so that later reads find the chunk cached or, after a failure, try again.
+   */
+  #settle(flights: Flights, index: number, result: { data: Buffer } | { error: unknown }): void {
+    const d = flights.get(index);
+    if (!d) return;
+    flights.delete(index);
+    if (this.#inflight.get(index) === d) this.#inflight.delete(index);
+    if ('data' in result) d.resolve(result.data);
+    else d.reject(result.error);
+  }
+
+  /** Which of `indices` the disk cache holds (empty without a disk cache or on disk errors). */
+  async #onDisk(indices: number[]): Promise<Set<number>> {
+    const found = new Set<number>();
+    const disk = this.#disk;
+    if (!disk) return found;
+    await Promise.all(
+      indices.map(async (index) => {
+        try {
+          if (await disk.has(this.#key(index))) found.add(index);
+        } catch (err) {
+          this.#log(`erofs-lazy: disk cache lookup failed: layer ${this.layerDigest} chunk ${index}: ${messageOf(err)}`);
+        }
+      }),
+    );
+    return found;
+  }
+
+  async #fromDisk(index: number): Promise<Buffer | undefined> {
+    const disk = this.#disk;
+    if (!disk) return undefined;
+    const length = this.table.chunkLength(index);
+    try {
+      const data = await disk.get(this.#key(index), length);
+      return data && data.length === length ? data : undefined;
+    } catch (err) {
+      this.#log(`erofs-lazy: disk cache read failed: layer ${this.layerDigest} chunk ${index}: ${messageOf(err)}`);
+      return undefined;
+    }
+  }
+
+  /** Puts a verified chunk into memory; a failing cache costs a later miss, never a read. */
+  #remember(index: number, data: Buffer): void {
+    try {
+      this.#memory.set(this.#key(index), data);
+    } catch (err) {
+      this.#log(`erofs-lazy: memory cache write failed: layer ${this.layerDigest} chunk ${index}: ${messageOf(err)}`);
+    }
+  }
+
+  /** Puts a freshly fetched, verified chunk into memory and (in the background) on disk. */
+  #store(index: number, data: Buffer): void {
+    this.#remember(index, data);
+    const disk = this.#disk;
+    if (!disk) return;
+    const write: Promise<void> = Promise.resolve()
+      .then(() => disk.put(this.#key(index), data))
+      .catch((err: unknown) => this.#log(`erofs-lazy: disk cache write failed: layer ${this.layerDigest} chunk ${index}: ${messageOf(err)}`))
+      .finally(() => this.#pendingWrites.delete(write));
+    this.#pendingWrites.add(write);
+  }
+
+  /**
+   * Obtains the chunks whose flights this call owns (already registered): disk first, then the registry, with
+   * its own deadline so every flight settles even when no read waits for it any more.
+   */
+  async #obtain(flights: Flights, priority: RequestPriority, skipDisk = false): Promise<void> {
+    const owned = [...flights.keys()];
+    const deadline = new Deadline(
+      this.readDeadlineMs,
+      () => new ReadDeadlineError(`layer ${this.layerDigest}: chunks ${owned.join(',')} not obtained within ${this.readDeadlineMs} ms`, this.layerDigest, this.readDeadlineMs),
+      this.#closer.signal,
+    );
+    try {
+      let missing = owned;
+      if (this.#disk && !skipDisk) {
+        const found = await raceSignal(Promise.all(owned.map((index) => this.#fromDisk(index))), deadline.signal);
+        missing = [];
+        owned.forEach((index, k) => {
+          const data = found[k];
+          if (data) {
+            this.#c.diskHits++;
+            this.#markPresent(index);
+            this.#remember(index, data);
+            this.#settle(flights, index, { data });
+          } else {
+            missing.push(index);
+          }
+        });
+      }
+      if (missing.length === 0) return;
+      const extra = priority === 'demand' ? await this.#readaheadCandidates(missing, deadline) : [];
+      const runs = groupFrameRuns(this.table, [...missing, ...extra], { maxGapBytes: this.#maxGapBytes, maxRequestBytes: this.#maxRequestBytes });
+      const extraSet = new Set(extra);
+      const wanted = runs.filter((run) => run.indices.some((index) => !extraSet.has(index)));
+      // Register the readahead chunks that ride along; this runs synchronously after the candidates were checked.
+      for (const run of wanted) for (const index of run.indices) if (extraSet.has(index)) flights.set(index, this.#register(index));
+      await Promise.all(wanted.map((run) => this.#fetchRun(flights, run, deadline, priority, 0)));
+    } catch (err) {
+      for (const index of [...flights.keys()]) this.#settle(flights, index, { error: err });
+    } finally {
+      deadline.dispose();
+      // Safety net: nothing this call owns may stay in flight.
+      const leftover = new Error(`layer ${this.layerDigest}: chunk fetch ended without a result`);
+      for (const index of [...flights.keys()]) this.#settle(flights, index, { error: leftover });
+    }
+  }
+
+  /** Chunks after the last missing one that are worth fetching in the same request (see DEFAULT_READAHEAD_CHUNKS). */
+  async #readaheadCandidates(missing: number[], deadline: Deadline): Promise<number[]> {
+    if (this.#readahead === 0) return [];
+    const last = Math.max(...missing);
+    const candidates: number[] = [];
+    for (let index = last + 1; index <= last + this.#readahead && index < this.table.chunkCount; index++) {
+      if (!this.#inflight.has(index) && !this.#fromMemory(index, false)) candidates.push(index);
+    }
+    if (candidates.length === 0) return [];
+    let onDisk: Set<number>;
+    try {
+      onDisk = await raceSignal(this.#onDisk(candidates), deadline.signal);
+    } catch {
+      return [];
+    }
+    // Re-checked after the await: another read may have started or finished one of them meanwhile.
+    return candidates.filter((index) => !onDisk.has(index) && !this.#inflight.has(index) && !this.#fromMemory(index, false));
+  }
+
+  #site(run: FrameRun): FetchSite {
+    return { layerDigest: this.layerDigest, firstIndex: run.firstIndex, lastIndex: run.lastIndex, range: { start: run.start, end: run.end } };
+  }
+
+  /** Fetches one run, verifies and decodes its chunks, caches and settles them; refetches integrity failures. */
+  async #fetchRun(flights: Flights, run: FrameRun, deadline: Deadline, priority: RequestPriority, integrityAttempt: number): Promise<void> {
+    const site = this.#site(run);
+    const hooks: FetchHooks = {
+      onRequest: () => {
+        this.#c.requests++;
+      },
+      onRetry: () => {
+        this.#c.retries++;
+      },
+      onError: (err) => {
+        this.#lastFetchError = err;
+      },
+    };
+    let bytes: Buffer;
+    try {
+      bytes = await fetchRangeWithRetry(this.#fetch, site, this.#policy, deadline, this.#semaphore, priority, hooks);
+    } catch (err) {
+      for (const index of run.indices) this.#settle(flights, index, { error: err });
+      return;
+    }
+    this.#lastFetchError = undefined;
+    this.#c.bytesFetched += bytes.length;
+    const refetch: number[] = [];
+    await Promise.all(
+      run.indices.map(async (index) => {
+        const { start, end } = this.table.frameRange(index);
+        const context = ` (layer ${this.layerDigest}, blob range [${start}, ${end}))`;
+        let data: Buffer;
+        try {
+          // A run of one frame hands its whole buffer over (the decode pool may transfer it to a worker).
+          const frame = run.indices.length === 1 ? bytes : frameFromRun(this.table, run, bytes, index);
+          data = await this.#decoder.decode(this.table, index, frame, context);
+        } catch (err) {
+          const again = err instanceof IntegrityError && integrityAttempt < this.#integrityRetries;
+          if (isSeekableReadError(err)) {
+            this.#c.verificationFailures++;
+            this.#log(
+              `erofs-lazy: verification failed: layer ${this.layerDigest} chunk ${index} blob range [${start}, ${end}): ${messageOf(err)}${again ? '; fetching it again' : ''}`,
+            );
+          }
+          if (again) refetch.push(index);
+          else this.#settle(flights, index, { error: err });
+          return;
+        }
+        this.#c.chunksFetched++;
+        this.#markPresent(index);
+        this.#store(index, data);
+        this.#settle(flights, index, { data });
+      }),
+    );
+    if (refetch.length > 0) {
+      this.#c.retries++;
+      const runs = groupFrameRuns(this.table, refetch, { maxGapBytes: this.#maxGapBytes, maxRequestBytes: this.#maxRequestBytes });
+      await Promise.all(runs.map((r) => this.#fetchRun(flights, r, deadline, priority, integrityAttempt + 1)));
+    }
+  }
+}
+
+export interface OpenLazyLayerInit extends Omit<LazyLayerInit, 'table'> {
+  /** Skip loading when the caller already has the verified table. */
+  table?: ChunkTable;
+}
+
+/**
+ * Loads the layer's chunk table through `fetchRange` (one request, retried like chunk fetches within the read
+ * deadline; checked against chunk_digest before parsing) and returns the LazyLayer. Rejects with
+ * SeekableFormatError (rule 19) for a layer that cannot be served lazily.
+ */
+export async function openLazyLayer(init: OpenLazyLayerInit): Promise<LazyLayer> {
+  if (init.table) return new LazyLayer({ ...init, table: init.table });
+  const options = init.options ?? {};
+  const deadlineMs = options.readDeadlineMs ?? DEFAULT_READ_DEADLINE_MS;
+  const policy: RetryPolicy = {
+    requestTimeoutMs: options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
+    retryInitialDelayMs: options.retryInitialDelayMs ?? DEFAULT_RETRY_INITIAL_DELAY_MS,
+    retryMaxDelayMs: options.retryMaxDelayMs ?? DEFAULT_RETRY_MAX_DELAY_MS,
+    random: options.random ?? Math.random,
+  };
+  const digest = init.descriptor.digest;
+  const deadline = new Deadline(
+    deadlineMs,
+    () => new ReadDeadlineError(`layer ${digest}: chunk table not fetched within ${deadlineMs} ms`, digest, deadlineMs),
+  );
+  const semaphore = new RequestSemaphore(1);
+  const noHooks: FetchHooks = { onRequest: () => undefined, onRetry: () => undefined, onError: () => undefined };
+  try {
+    const table = await loadChunkTable(init.descriptor, (start, end) =>
+      fetchRangeWithRetry(init.fetchRange, { layerDigest: digest, firstIndex: 0, lastIndex: 0, range: { start, end }, what: 'chunk table' }, policy, deadline, semaphore, 'demand', noHooks),
+    );
+    return new LazyLayer({ ...init, table });
+  } finally {
+    deadline.dispose();
+  }
+}
