@@ -2,8 +2,10 @@
 // Every failure ends as one line on stderr and a non-zero exit code (EROFS_LAZY_DEBUG=1 adds the stack).
 import yargs from 'yargs';
 import type { Argv } from 'yargs';
+import { registerBench } from './bench.js';
 import { registerConvert } from './convert.js';
 import { registerInspect } from './inspect.js';
+import { registerMount } from './mount.js';
 import { registerSample } from './sample.js';
 import { oneLineError } from './output.js';
 
@@ -23,7 +25,9 @@ function buildParser(argv: string[]): Argv {
     .exitProcess(false);
   parser = registerConvert(parser);
   parser = registerInspect(parser);
+  parser = registerMount(parser);
   parser = registerSample(parser);
+  parser = registerBench(parser);
   return parser;
 }
 

@@ -1,6 +1,7 @@
 // Time limits of the read path: a Deadline is an AbortSignal that fires at a fixed time (and with its parent,
 // e.g. the layer being closed), plus helpers that race promises and sleeps against a signal, so that nothing
 // a read waits for (a fetcher that never settles, a queue, a disk) can hold it past its deadline.
+import { setMaxListeners } from 'node:events';
 
 /** Swallows a rejection of a promise whose result nobody waits for any more. */
 export function ignoreRejection(promise: Promise<unknown>): void {
@@ -23,6 +24,8 @@ export class Deadline {
     reason: () => Error,
     parent?: AbortSignal,
   ) {
+    // Every concurrent read and request listens on these signals; many listeners are expected, not a leak.
+    setMaxListeners(0, this.#controller.signal, ...(parent ? [parent] : []));
     this.#at = performance.now() + ms;
     this.#timer = setTimeout(() => this.#controller.abort(reason()), ms);
     if (parent) {

@@ -2,6 +2,7 @@
 // and is raced against it (a fetcher that ignores its AbortSignal still cannot hang us); transient failures
 // are retried with exponential backoff and jitter until the caller's deadline; permanent ones fail at once.
 import { raceSignal, sleep } from './deadline.js';
+import type { RegistryHealth } from './health.js';
 import type { Deadline } from './deadline.js';
 import {
   ChunkFetchError,
@@ -99,6 +100,32 @@ export async function fetchRangeWithRetry(
   semaphore: RequestSemaphore,
   priority: RequestPriority,
   hooks: FetchHooks,
+  health?: RegistryHealth,
+): Promise<Buffer> {
+  if (!health) return fetchWithRetries(fetch, site, policy, deadline, semaphore, priority, hooks, false);
+  const admission = await health.admit(describeSite(site), deadline.signal);
+  try {
+    const bytes = await fetchWithRetries(fetch, site, policy, deadline, semaphore, priority, hooks, admission === 'probe');
+    health.markUp();
+    return bytes;
+  } catch (err) {
+    // Only a registry that keeps failing transiently is "down"; a 404 or a closed layer says nothing of it.
+    if (admission === 'probe' || err instanceof ReadDeadlineError || isTransientFetchError(err)) {
+      health.markDown(err);
+    }
+    throw err;
+  }
+}
+
+async function fetchWithRetries(
+  fetch: RangeFetcher,
+  site: FetchSite,
+  policy: RetryPolicy,
+  deadline: Deadline,
+  semaphore: RequestSemaphore,
+  priority: RequestPriority,
+  hooks: FetchHooks,
+  singleAttempt: boolean,
 ): Promise<Buffer> {
   let attempts = 0;
   let lastError: unknown;
@@ -129,8 +156,8 @@ export async function fetchRangeWithRetry(
       }
       lastError = err;
       hooks.onError(err);
-      if (!isTransientFetchError(err)) {
-        throw new ChunkFetchError(`${describeSite(site)}: fetch failed: ${messageOf(err)}`, site, attempts, false, { cause: err });
+      if (!isTransientFetchError(err) || singleAttempt) {
+        throw new ChunkFetchError(`${describeSite(site)}: fetch failed: ${messageOf(err)}`, site, attempts, isTransientFetchError(err), { cause: err });
       }
       const delay = backoffDelay(retry, policy);
       try {

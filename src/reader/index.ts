@@ -50,3 +50,4 @@ export type { FetchSite } from './errors.js';
 export { RequestSemaphore } from './semaphore.js';
 export type { RequestPriority, Release } from './semaphore.js';
 export { Deadline, raceSignal, sleep } from './deadline.js';
+export { DEFAULT_PROBE_INTERVAL_MS, RegistryHealth, RegistryUnavailableError } from './health.js';

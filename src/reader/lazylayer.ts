@@ -20,6 +20,7 @@ import {
   fetchRangeWithRetry,
 } from './fetcher.js';
 import type { FetchHooks, RetryPolicy } from './fetcher.js';
+import type { RegistryHealth } from './health.js';
 import { RequestSemaphore } from './semaphore.js';
 import type { RequestPriority } from './semaphore.js';
 import type { LayerFileSource, LayerStats, RangeFetcher, ReaderLog } from './types.js';
@@ -49,6 +50,8 @@ export const DEFAULT_PREFETCH_CONCURRENCY = 2;
 export interface LazyLayerOptions {
   /** Default DEFAULT_READ_DEADLINE_MS. */
   readDeadlineMs?: number;
+  /** Registry health shared by the layers of one mount; when absent, every fetch retries on its own. */
+  health?: RegistryHealth;
   /** Per-request timeout; default DEFAULT_REQUEST_TIMEOUT_MS (capped by what is left of the deadline). */
   requestTimeoutMs?: number;
   /** Backoff of transient errors; defaults DEFAULT_RETRY_INITIAL_DELAY_MS, DEFAULT_RETRY_MAX_DELAY_MS. */
@@ -151,6 +154,7 @@ export class LazyLayer implements LayerFileSource {
   readonly #log: ReaderLog;
   readonly #semaphore: RequestSemaphore;
   readonly #policy: RetryPolicy;
+  readonly #health: RegistryHealth | undefined;
   readonly #maxGapBytes: number;
   readonly #maxRequestBytes: number;
   readonly #readahead: number;
@@ -195,6 +199,7 @@ export class LazyLayer implements LayerFileSource {
     this.#log = init.log ?? defaultLog;
     const maxInflight = options.maxInflightRequests ?? DEFAULT_MAX_INFLIGHT_REQUESTS;
     this.#semaphore = new RequestSemaphore(maxInflight, options.maxPrefetchRequests ?? Math.max(1, maxInflight - 1));
+    this.#health = options.health;
     this.#policy = {
       requestTimeoutMs: checkPositive('requestTimeoutMs', options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS),
       retryInitialDelayMs: checkPositive('retryInitialDelayMs', options.retryInitialDelayMs ?? DEFAULT_RETRY_INITIAL_DELAY_MS, true),
@@ -531,7 +536,7 @@ export class LazyLayer implements LayerFileSource {
     };
     let bytes: Buffer;
     try {
-      bytes = await fetchRangeWithRetry(this.#fetch, site, this.#policy, deadline, this.#semaphore, priority, hooks);
+      bytes = await fetchRangeWithRetry(this.#fetch, site, this.#policy, deadline, this.#semaphore, priority, hooks, this.#health);
     } catch (err) {
       for (const index of run.indices) this.#settle(flights, index, { error: err });
       return;

@@ -1,0 +1,301 @@
+// The serving side of one mount: resolves the image, opens each layer (lazily through its verified chunk
+// table, or whole from the layer cache), serves the lazy layers as files of one FUSE filesystem, attaches
+// read-only loop devices, mounts erofs on them and stacks the layers with overlayfs at the mount point.
+// Every step is recorded in the mount state before the next one, so a crash leaves something
+// `erofs-lazy umount --all` can undo.
+import { existsSync } from 'node:fs';
+import { mkdir, stat } from 'node:fs/promises';
+import type { Server } from 'node:http';
+import { join } from 'node:path';
+import { createMemoryChunkCache, openDiskChunkCache, openWholeLayerCache } from '../cache/index.js';
+import type { DiskChunkCache, MemoryChunkCache } from '../cache/index.js';
+import { loadChunkTable, parseSeekableAnnotations } from '../chunktable/index.js';
+import { openImageStore } from '../fetch/index.js';
+import { LayerFilesystem } from '../fuse/index.js';
+import type { ImageStore } from '../oci/store.js';
+import type { Descriptor, ImageConfig, Platform } from '../oci/types.js';
+import { MEDIA_TYPE } from '../oci/types.js';
+import { LazyLayer, RegistryHealth } from '../reader/index.js';
+import type { LayerStats } from '../reader/types.js';
+import { serveStats, summarize } from './stats.js';
+import type { MountStats } from './stats.js';
+import { mountDirFor, processAlive, readState, STATE_FILE_NAME, writeState } from './state.js';
+import type { LayerMountRecord, MountState } from './state.js';
+import { attachLoop, mountErofs, mountOverlay } from './system.js';
+import { teardownMount } from './teardown.js';
+import { fetchWholeLayer } from './wholelayer.js';
+
+/** How often the serving process checks that its mount record still exists. */
+const WATCHDOG_INTERVAL_MS = 2_000;
+
+/** Default bound on how long mount-time registry requests may take before the mount fails. */
+export const DEFAULT_MOUNT_TIMEOUT_MS = 30_000;
+
+export interface MountOptions {
+  reference: string;
+  /** Absolute path. */
+  mountpoint: string;
+  platform?: Platform;
+  plainHttp: boolean;
+  cacheDir: string;
+  cacheMaxBytes: number;
+  memoryCacheBytes: number;
+  rw: boolean;
+  stateDir: string;
+  /** Bound on one lazy read, retries included; past it the read fails with EIO. */
+  readDeadlineMs: number;
+  /** Bound on the registry requests made while mounting. */
+  mountTimeoutMs: number;
+  log: (line: string) => void;
+}
+
+/** What a layer is served by. */
+interface OpenedLayer {
+  descriptor: Descriptor;
+  lazy?: LazyLayer;
+  /** Counters of a layer fetched whole. */
+  staticStats?: LayerStats;
+  file: string;
+}
+
+function fuseFileName(digest: string): string {
+  return `${digest.replace(':', '-')}.erofs`;
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+export class MountServer {
+  private statsServer?: Server;
+  private watchdog?: NodeJS.Timeout;
+  private readonly startedAt = Date.now();
+  private stopping?: Promise<void>;
+
+  private constructor(
+    private state: MountState,
+    private readonly options: MountOptions,
+    private readonly store: ImageStore,
+    private readonly layers: OpenedLayer[],
+    private readonly fuse: LayerFilesystem | undefined,
+    private readonly memory: MemoryChunkCache,
+    private readonly disk: DiskChunkCache,
+  ) {}
+
+  /** Sets the whole mount up; on failure undoes what it did and rethrows. */
+  static async start(options: MountOptions): Promise<MountServer> {
+    const dir = mountDirFor(options.stateDir, options.mountpoint);
+    const previous = await readState(dir);
+    if (previous && processAlive(previous.pid)) {
+      throw new Error(`${options.mountpoint} is already mounted by erofs-lazy (pid ${previous.pid}); run \`erofs-lazy umount ${options.mountpoint}\` first`);
+    }
+    if (previous) await teardownMount(previous);
+
+    const state: MountState = {
+      version: 1,
+      mountpoint: options.mountpoint,
+      reference: options.reference,
+      dir,
+      pid: process.pid,
+      fuseMountpoint: join(dir, 'fuse'),
+      layers: [],
+      rw: options.rw,
+      statsSocket: join(dir, 'stats.sock'),
+      createdAt: new Date().toISOString(),
+    };
+    await writeState(state);
+    const store = openImageStore(options.reference, {
+      plainHttp: options.plainHttp,
+      platform: options.platform,
+      registry: { timeouts: { connectMs: options.mountTimeoutMs, headersMs: options.mountTimeoutMs } },
+    });
+    let fuse: LayerFilesystem | undefined;
+    try {
+      const memory = createMemoryChunkCache(options.memoryCacheBytes);
+      const disk = await openDiskChunkCache({ root: join(options.cacheDir, 'chunks'), maxBytes: options.cacheMaxBytes });
+      const wholeCache = await openWholeLayerCache({ root: options.cacheDir });
+      const health = new RegistryHealth();
+
+      const resolved = await withTimeout(store.resolve({ platform: options.platform }), options.mountTimeoutMs, `resolving ${options.reference}`);
+      state.manifestDigest = resolved.descriptor.digest;
+      const config = JSON.parse(
+        (await withTimeout(store.fetchBlob(resolved.manifest.config), options.mountTimeoutMs, 'fetching the image config')).toString('utf8'),
+      ) as ImageConfig;
+      const diffIds = config.rootfs?.diff_ids ?? [];
+      if (resolved.manifest.layers.length === 0) throw new Error(`${options.reference} has no layers`);
+
+      const opened: OpenedLayer[] = [];
+      for (const [i, desc] of resolved.manifest.layers.entries()) {
+        opened.push(await openLayer(store, desc, diffIds[i], { memory, disk, wholeCache, health, options, fuseDir: state.fuseMountpoint }));
+      }
+      state.layers = opened.map((l) => ({ layerDigest: l.descriptor.digest, file: l.file, lazy: l.lazy !== undefined }));
+      await writeState(state);
+
+      const lazySources = opened.flatMap((l) => (l.lazy ? [l.lazy] : []));
+      if (lazySources.length > 0) {
+        await mkdir(state.fuseMountpoint, { recursive: true });
+        fuse = new LayerFilesystem(lazySources, { log: options.log });
+        await fuse.mount(state.fuseMountpoint);
+      }
+
+      const server = new MountServer(state, options, store, opened, fuse, memory, disk);
+      await server.mountLayers();
+      server.statsServer = await serveStats(state.statsSocket, () => server.stats());
+      server.watchdog = setInterval(() => server.checkRecord(), WATCHDOG_INTERVAL_MS);
+      server.watchdog.unref();
+      return server;
+    } catch (err) {
+      await teardownMount(state, { unmountFuse: async () => fuse?.unmount() }).catch((e: Error) =>
+        options.log(`cleanup after a failed mount left something behind: ${e.message}`),
+      );
+      await store.close();
+      throw err;
+    }
+  }
+
+  private async mountLayers(): Promise<void> {
+    const { state } = this;
+    for (const [i, layer] of state.layers.entries()) {
+      layer.loopDevice = await attachLoop(layer.file);
+      await writeState(state);
+      const single = state.layers.length === 1 && !state.rw;
+      const target = single ? state.mountpoint : join(state.dir, 'layers', String(i));
+      await mkdir(target, { recursive: true });
+      if (single) {
+        state.top = 'erofs';
+        await writeState(state);
+        await mountErofs(layer.loopDevice, target);
+      } else {
+        layer.erofsMountpoint = target;
+        await writeState(state);
+        await mountErofs(layer.loopDevice, target);
+      }
+    }
+    if (state.top === 'erofs') return;
+    await mkdir(state.mountpoint, { recursive: true });
+    const lowers = state.layers.map((l) => l.erofsMountpoint!).reverse();
+    let rw: { upper: string; work: string } | undefined;
+    if (state.rw) {
+      rw = { upper: join(state.dir, 'rw/upper'), work: join(state.dir, 'rw/work') };
+      await mkdir(rw.upper, { recursive: true });
+      await mkdir(rw.work, { recursive: true });
+    }
+    state.top = 'overlay';
+    await writeState(state);
+    await mountOverlay(lowers, state.mountpoint, rw);
+  }
+
+  /**
+   * A mount whose record was removed behind its back (its dirs deleted, its mounts forced away) has nothing
+   * left to serve: tear down what remains and exit instead of lingering.
+   */
+  private checkRecord(): void {
+    if (existsSync(join(this.state.dir, STATE_FILE_NAME))) return;
+    this.options.log(`mount record ${this.state.dir} is gone; stopping`);
+    this.stop().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  }
+
+  stats(): MountStats {
+    const layers = this.layers.map((l) => l.lazy?.stats() ?? l.staticStats!);
+    return {
+      mountpoint: this.state.mountpoint,
+      reference: this.state.reference,
+      manifestDigest: this.state.manifestDigest ?? '',
+      pid: process.pid,
+      uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+      layers,
+      total: summarize(layers),
+      memoryCache: { bytes: this.memory.size, maxBytes: this.memory.maxSize },
+      diskCache: { root: this.disk.root, maxBytes: this.disk.maxBytes, corruptEntries: this.disk.corruptEntries },
+    };
+  }
+
+  /** Tears the mount down (idempotent). Rejects with MountBusyError, leaving everything serving, when busy. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      clearInterval(this.watchdog);
+      const current = (await readState(this.state.dir)) ?? this.state;
+      await teardownMount(current, { unmountFuse: async () => this.fuse?.unmount() });
+      this.statsServer?.close();
+      await this.store.close();
+    })().catch((err: unknown) => {
+      this.stopping = undefined;
+      throw err;
+    });
+    return this.stopping;
+  }
+}
+
+async function openLayer(
+  store: ImageStore,
+  desc: Descriptor,
+  diffId: string | undefined,
+  ctx: {
+    memory: MemoryChunkCache;
+    disk: DiskChunkCache;
+    health: RegistryHealth;
+    wholeCache: Awaited<ReturnType<typeof openWholeLayerCache>>;
+    options: MountOptions;
+    fuseDir: string;
+  },
+): Promise<OpenedLayer> {
+  const { options } = ctx;
+  let reason: string;
+  const verdict = desc.mediaType === MEDIA_TYPE.erofsZstd ? parseSeekableAnnotations(desc) : undefined;
+  if (verdict?.kind === 'seekable') {
+    const table = await withTimeout(
+      loadChunkTable(desc, (start, end) => store.fetchRange(desc, start, end)),
+      options.mountTimeoutMs,
+      `layer ${desc.digest}: fetching the chunk table`,
+    );
+    if (table.verifiable) {
+      const lazy = new LazyLayer({
+        name: fuseFileName(desc.digest),
+        descriptor: desc,
+        table,
+        fetchRange: (start, end) => store.fetchRange(desc, start, end),
+        memory: ctx.memory,
+        disk: ctx.disk,
+        options: { readDeadlineMs: options.readDeadlineMs, health: ctx.health },
+        log: options.log,
+      });
+      return { descriptor: desc, lazy, file: join(ctx.fuseDir, lazy.name) };
+    }
+    reason = 'its chunk table has no per-chunk hashes (HashAlgo 0)';
+  } else {
+    reason = verdict ? verdict.reason : `media type ${desc.mediaType} is not seekable EROFS`;
+  }
+  const whole = await fetchWholeLayer(store, desc, diffId, ctx.wholeCache);
+  options.log(`layer ${desc.digest} is not lazy: ${reason}; ${whole.fetched ? 'fetched whole' : 'found whole in the cache'}`);
+  const { size } = await stat(whole.path);
+  return {
+    descriptor: desc,
+    file: whole.path,
+    staticStats: {
+      layerDigest: desc.digest,
+      imageSize: size,
+      blobSize: desc.size,
+      chunkCount: 0,
+      lazy: false,
+      notLazyReason: reason,
+      bytesFetched: whole.fetched ? desc.size : 0,
+      requests: whole.fetched ? 1 : 0,
+      chunksFetched: 0,
+      memoryHits: 0,
+      diskHits: 0,
+      bytesServed: 0,
+      reads: 0,
+      readErrors: 0,
+      verificationFailures: 0,
+      retries: 0,
+      fractionFetched: 1,
+    },
+  };
+}

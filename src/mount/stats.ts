@@ -1,0 +1,93 @@
+// Mount statistics: the per-layer counters of the read path summed into a report, served by the mount
+// process over HTTP on a unix socket in its private directory, and read by `erofs-lazy stats`.
+import { createServer, request } from 'node:http';
+import type { Server } from 'node:http';
+import { rm } from 'node:fs/promises';
+import type { LayerStats } from '../reader/types.js';
+
+/** How long `erofs-lazy stats` waits for the mount process to answer. */
+const STATS_REQUEST_TIMEOUT_MS = 5_000;
+const STATS_PATH = '/stats';
+
+export interface MountStats {
+  mountpoint: string;
+  reference: string;
+  manifestDigest: string;
+  pid: number;
+  uptimeSeconds: number;
+  layers: LayerStats[];
+  total: {
+    imageSize: number;
+    blobSize: number;
+    bytesFetched: number;
+    requests: number;
+    chunksFetched: number;
+    memoryHits: number;
+    diskHits: number;
+    bytesServed: number;
+    readErrors: number;
+    verificationFailures: number;
+    retries: number;
+    /** bytesFetched over the blob sizes of the lazy layers. */
+    fractionFetched: number;
+  };
+  memoryCache: { bytes: number; maxBytes: number };
+  diskCache: { root: string; maxBytes: number; corruptEntries: number };
+}
+
+export function summarize(layers: LayerStats[]): MountStats['total'] {
+  const sum = (f: (l: LayerStats) => number) => layers.reduce((s, l) => s + f(l), 0);
+  const lazyBlob = layers.filter((l) => l.lazy).reduce((s, l) => s + l.blobSize, 0);
+  const bytesFetched = sum((l) => l.bytesFetched);
+  return {
+    imageSize: sum((l) => l.imageSize),
+    blobSize: sum((l) => l.blobSize),
+    bytesFetched,
+    requests: sum((l) => l.requests),
+    chunksFetched: sum((l) => l.chunksFetched),
+    memoryHits: sum((l) => l.memoryHits),
+    diskHits: sum((l) => l.diskHits),
+    bytesServed: sum((l) => l.bytesServed),
+    readErrors: sum((l) => l.readErrors),
+    verificationFailures: sum((l) => l.verificationFailures),
+    retries: sum((l) => l.retries),
+    fractionFetched: lazyBlob === 0 ? 0 : layers.filter((l) => l.lazy).reduce((s, l) => s + l.bytesFetched, 0) / lazyBlob,
+  };
+}
+
+/** Serves `collect()` as JSON at /stats on a unix socket. */
+export async function serveStats(socketPath: string, collect: () => MountStats): Promise<Server> {
+  await rm(socketPath, { force: true });
+  const server = createServer((req, res) => {
+    if (req.method !== 'GET' || req.url !== STATS_PATH) {
+      res.writeHead(404).end();
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(collect()));
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(socketPath, () => resolve());
+  });
+  return server;
+}
+
+export function fetchStats(socketPath: string): Promise<MountStats> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath, path: STATS_PATH, method: 'GET', timeout: STATS_REQUEST_TIMEOUT_MS }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        if (res.statusCode !== 200) return reject(new Error(`mount process answered ${res.statusCode}`));
+        try {
+          resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as MountStats);
+        } catch (err) {
+          reject(new Error(`mount process sent unreadable stats: ${(err as Error).message}`));
+        }
+      });
+    });
+    req.on('timeout', () => req.destroy(new Error(`mount process did not answer within ${STATS_REQUEST_TIMEOUT_MS} ms`)));
+    req.on('error', (err) => reject(new Error(`cannot reach the mount process at ${socketPath}: ${err.message}`)));
+    req.end();
+  });
+}

@@ -1,0 +1,55 @@
+// Layers that cannot be read lazily (tar, tar+gzip, tar+zstd, raw EROFS, EROFS as one plain zstd stream,
+// or a seekable table without per-chunk hashes) are fetched whole into the layer cache, as a raw EROFS
+// image: decoded for EROFS layers, converted with mkfs.erofs for tar layers.
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { decodeLayerBlob } from '../chunktable/index.js';
+import type { WholeLayerCache } from '../cache/index.js';
+import { layerToErofs } from '../convert/layer.js';
+import type { ImageStore } from '../oci/store.js';
+import { MEDIA_TYPE } from '../oci/types.js';
+import type { Descriptor } from '../oci/types.js';
+
+const TAR_MEDIA_TYPES: ReadonlySet<string> = new Set([
+  MEDIA_TYPE.ociLayerTar,
+  MEDIA_TYPE.ociLayerTarGzip,
+  MEDIA_TYPE.ociLayerTarZstd,
+  MEDIA_TYPE.dockerLayerTar,
+  MEDIA_TYPE.dockerLayerTarGzip,
+]);
+
+async function sha256File(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return `sha256:${hash.digest('hex')}`;
+}
+
+/** Returns the path of the layer's raw EROFS image in the cache, fetching and building it if needed. */
+export async function fetchWholeLayer(
+  store: ImageStore,
+  layer: Descriptor,
+  diffId: string | undefined,
+  cache: WholeLayerCache,
+): Promise<{ path: string; fetched: boolean }> {
+  const cached = await cache.lookup(layer.digest);
+  if (cached) return { path: cached, fetched: false };
+  const tmp = cache.tempPath(layer.digest);
+  try {
+    if (TAR_MEDIA_TYPES.has(layer.mediaType)) {
+      await layerToErofs(await store.openBlob(layer), layer.mediaType, tmp, {
+        layerDigest: layer.digest,
+        workDir: `${dirname(tmp)}/.tmp-staging-${process.pid}-${Date.now()}`,
+      });
+    } else if (layer.mediaType === MEDIA_TYPE.erofsZstd || layer.mediaType === MEDIA_TYPE.erofs) {
+      await decodeLayerBlob(await store.openBlob(layer), tmp, layer, diffId ? { diffId } : {});
+    } else {
+      throw new Error(`layer ${layer.digest}: media type ${layer.mediaType} cannot be mounted`);
+    }
+    const digest = await sha256File(tmp);
+    return { path: await cache.commit(layer.digest, tmp, digest), fetched: true };
+  } finally {
+    await rm(tmp, { force: true });
+  }
+}

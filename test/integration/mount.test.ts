@@ -1,0 +1,277 @@
+// End to end for `erofs-lazy mount`: real registry, real FUSE, loop devices, erofs and overlayfs.
+// Every test mounts with its own state and cache dirs and checks that nothing is left behind.
+import assert from 'node:assert/strict';
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdir, open, readFile, readdir, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { after, before, describe, test } from 'node:test';
+import type { TestContext } from 'node:test';
+import { openImageStore } from '../../src/fetch/index.js';
+import type { MountStats } from '../../src/mount/stats.js';
+import { buildImageFromDirs, pseudoRandomBytes } from '../../src/sample/build.js';
+import { runCli } from '../helpers/cli.js';
+import { applyLayersOci, writeTestLayers } from '../helpers/images.js';
+import { startRegistry } from '../helpers/registry.js';
+import type { TestRegistry } from '../helpers/registry.js';
+import { tempDir } from '../helpers/tmp.js';
+import { diffTrees, snapshotTree } from '../helpers/tree.js';
+
+const execFileAsync = promisify(execFile);
+const BIG_FILE_SIZE = 120 * 1024 * 1024;
+const SMALL_FILES = 40;
+/** Short read deadline for the fault tests (seconds). */
+const FAULT_READ_TIMEOUT_S = 4;
+
+interface MountHandle {
+  mountpoint: string;
+  stateDir: string;
+  cacheDir: string;
+  stats(): Promise<MountStats>;
+  umount(): Promise<void>;
+}
+
+/** Nothing of the mount may remain: no FUSE/erofs/overlay mount under the dirs, no loop device, no process. */
+async function assertNothingLeft(dirs: string[]): Promise<void> {
+  const mountinfo = await readFile('/proc/self/mountinfo', 'utf8');
+  const points = mountinfo.split('\n').map((l) => l.split(' ')[4] ?? '');
+  for (const d of dirs) {
+    assert.deepEqual(points.filter((p) => p === d || p.startsWith(`${d}/`)), [], `mounts left under ${d}`);
+  }
+  const loops = execFileSync('losetup', ['--noheadings', '--output', 'BACK-FILE', '--list'], { encoding: 'utf8' });
+  for (const d of dirs) assert.ok(!loops.split('\n').some((f) => f.trim().startsWith(`${d}/`)), `loop devices left for ${d}: ${loops}`);
+  const ps = execFileSync('ps', ['-eo', 'pid,args'], { encoding: 'utf8' });
+  for (const d of dirs) assert.ok(!ps.split('\n').some((l) => l.includes('erofs-lazy') && l.includes(d)), `process left for ${d}`);
+}
+
+async function mountImage(t: TestContext, ref: string, extra: string[] = [], dirs?: { stateDir?: string; cacheDir?: string }): Promise<MountHandle> {
+  let stateDir = '';
+  // A clean `umount --all` first, then anything left is released and killed, so no test leaks a mount
+  // or a serving process even when it fails half-way.
+  const base = await tempDir(t, 'erofs-lazy-test-', async (dir) => {
+    await runCli(['umount', '--all', '--state-dir', stateDir]);
+    execFileSync('pkill', ['-KILL', '-f', `erofs-lazy.js mount .* ${dir}/`], { stdio: 'ignore' });
+  });
+  const mountpoint = join(base, 'mnt');
+  stateDir = dirs?.stateDir ?? join(base, 'state');
+  const cacheDir = dirs?.cacheDir ?? join(base, 'cache');
+  const res = await runCli(['mount', ref, mountpoint, '--state-dir', stateDir, '--cache-dir', cacheDir, ...extra]);
+  assert.equal(res.code, 0, `mount failed: ${res.stderr}`);
+  const handle: MountHandle = {
+    mountpoint,
+    stateDir,
+    cacheDir,
+    async stats() {
+      const s = await runCli(['stats', mountpoint, '--state-dir', stateDir, '--json']);
+      assert.equal(s.code, 0, s.stderr);
+      return JSON.parse(s.stdout) as MountStats;
+    },
+    async umount() {
+      const u = await runCli(['umount', mountpoint, '--state-dir', stateDir]);
+      assert.equal(u.code, 0, `umount failed: ${u.stderr}`);
+      await assertNothingLeft([base, stateDir]);
+    },
+  };
+  return handle;
+}
+
+function sha256(data: Buffer): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+describe('erofs-lazy mount', () => {
+  let registry: TestRegistry;
+  let work: string;
+  let layers: string[];
+  const cleanups: Array<() => unknown> = [];
+  let smallRef: string;
+  let bigRef: string;
+  let plainRef: string;
+  const bigFiles = new Map<string, string>();
+
+  before(async () => {
+    registry = await startRegistry();
+    work = await tempDir({ after: (fn: () => unknown) => cleanups.push(fn) });
+    layers = await writeTestLayers(join(work, 'src'));
+    const srcStore = openImageStore(`${registry.host}/mount/small:src`, {});
+    await buildImageFromDirs(srcStore, layers, { workDir: work });
+    await srcStore.close();
+    plainRef = `${registry.host}/mount/small:src`;
+    smallRef = `${registry.host}/mount/small:erofs`;
+    const c1 = await runCli(['convert', plainRef, smallRef, '--chunk-size', String(256 * 1024)]);
+    assert.equal(c1.code, 0, c1.stderr);
+
+    // A single-layer image of > 64 MiB: one big file and many small ones.
+    const bigDir = join(work, 'big');
+    await mkdir(join(bigDir, 'small'), { recursive: true });
+    const big = pseudoRandomBytes(BIG_FILE_SIZE, 'mount-big');
+    await writeFile(join(bigDir, 'big.bin'), big);
+    bigFiles.set('big.bin', sha256(big));
+    for (let i = 0; i < SMALL_FILES; i++) {
+      const data = pseudoRandomBytes(1000 + i * 997, `small-${i}`);
+      await writeFile(join(bigDir, 'small', `f${i}`), data);
+      bigFiles.set(`small/f${i}`, sha256(data));
+    }
+    const bigStore = openImageStore(`${registry.host}/mount/big:src`, {});
+    await buildImageFromDirs(bigStore, [bigDir], { workDir: work });
+    await bigStore.close();
+    bigRef = `${registry.host}/mount/big:erofs`;
+    const c2 = await runCli(['convert', `${registry.host}/mount/big:src`, bigRef]);
+    assert.equal(c2.code, 0, c2.stderr);
+  });
+  after(async () => {
+    await registry?.stop();
+    for (const c of cleanups.reverse()) await c();
+  });
+
+  test('a converted multi-layer image mounts and shows exactly the source tree, whiteouts applied', async (t) => {
+    const m = await mountImage(t, smallRef);
+    const expected = join(await tempDir(t), 'expected');
+    await mkdir(expected);
+    applyLayersOci(layers, expected);
+    assert.deepEqual(diffTrees(await snapshotTree(expected), await snapshotTree(m.mountpoint)), []);
+    const s = await m.stats();
+    assert.equal(s.layers.length, 2);
+    assert.ok(s.layers.every((l) => l.lazy));
+    assert.ok(s.total.bytesServed > 0 && s.total.bytesFetched > 0);
+    await m.umount();
+  });
+
+  test('reading one small file fetches under 10% of the blob; a warm disk cache fetches nothing', async (t) => {
+    const base = await tempDir(t);
+    const cacheDir = join(base, 'shared-cache');
+    const m1 = await mountImage(t, bigRef, [], { cacheDir });
+    const data = await readFile(join(m1.mountpoint, 'small/f7'));
+    assert.equal(sha256(data), bigFiles.get('small/f7'));
+    const s1 = await m1.stats();
+    assert.ok(s1.total.bytesFetched > 0);
+    assert.ok(s1.total.bytesFetched < 0.1 * s1.total.blobSize, `fetched ${s1.total.bytesFetched} of ${s1.total.blobSize}`);
+    await m1.umount();
+
+    execFileSync('sh', ['-c', 'echo 3 > /proc/sys/vm/drop_caches']);
+    const m2 = await mountImage(t, bigRef, [], { cacheDir });
+    assert.equal(sha256(await readFile(join(m2.mountpoint, 'small/f7'))), bigFiles.get('small/f7'));
+    const s2 = await m2.stats();
+    assert.equal(s2.total.bytesFetched, 0, 'warm cache: nothing fetched');
+    assert.ok(s2.total.diskHits > 0);
+    await m2.umount();
+  });
+
+  test('16 concurrent readers of different and overlapping files all get correct data', async (t) => {
+    const m = await mountImage(t, bigRef);
+    const names = [...bigFiles.keys()];
+    const picks = Array.from({ length: 16 }, (_, i) => names[(i * 7) % names.length]!);
+    picks[0] = 'big.bin';
+    picks[1] = 'big.bin';
+    const results = await Promise.all(
+      picks.map((name) => execFileAsync('sha256sum', [join(m.mountpoint, name)], { maxBuffer: 1 << 20 }).then((r) => r.stdout.split(' ')[0])),
+    );
+    picks.forEach((name, i) => assert.equal(results[i], bigFiles.get(name), name));
+    await m.umount();
+  });
+
+  test('registry stopped: uncached reads fail with EIO within the deadline, cached ones work, and reads recover', async (t) => {
+    const m = await mountImage(t, bigRef, ['--read-timeout', String(FAULT_READ_TIMEOUT_S)]);
+    assert.equal(sha256(await readFile(join(m.mountpoint, 'small/f1'))), bigFiles.get('small/f1'));
+    await registry.stop({ keepData: true });
+    try {
+      const started = Date.now();
+      await assert.rejects(readFile(join(m.mountpoint, 'big.bin')), (err: NodeJS.ErrnoException) => err.code === 'EIO');
+      const elapsed = (Date.now() - started) / 1000;
+      assert.ok(elapsed < FAULT_READ_TIMEOUT_S * 3 + 5, `EIO after ${elapsed} s`);
+      assert.equal(sha256(await readFile(join(m.mountpoint, 'small/f1'))), bigFiles.get('small/f1'));
+    } finally {
+      await registry.restart();
+    }
+    assert.equal(sha256(await readFile(join(m.mountpoint, 'big.bin'))), bigFiles.get('big.bin'));
+    const s = await m.stats();
+    assert.ok(s.total.readErrors > 0);
+    await m.umount();
+  });
+
+  test('a corrupted blob byte in the registry storage gives EIO and a verification failure', async (t) => {
+    const store = openImageStore(bigRef, {});
+    const resolved = await store.resolve();
+    await store.close();
+    const layer = resolved.manifest.layers[0]!;
+    const hex = layer.digest.slice('sha256:'.length);
+    const blobPath = join(registry.dir, 'data/docker/registry/v2/blobs/sha256', hex.slice(0, 2), hex, 'data');
+    const original = await readFile(blobPath);
+    const fh = await open(blobPath, 'r+');
+    const at = Math.floor(original.length / 2);
+    try {
+      await fh.write(Buffer.from([original[at]! ^ 0x5a]), 0, 1, at);
+    } finally {
+      await fh.close();
+    }
+    try {
+      const m = await mountImage(t, bigRef, ['--read-timeout', String(FAULT_READ_TIMEOUT_S)]);
+      await assert.rejects(readFile(join(m.mountpoint, 'big.bin')), (err: NodeJS.ErrnoException) => err.code === 'EIO');
+      const s = await m.stats();
+      assert.ok(s.total.verificationFailures >= 1, JSON.stringify(s.total));
+      await m.umount();
+    } finally {
+      await writeFile(blobPath, original);
+    }
+  });
+
+  test('--rw adds a writable layer that is discarded at unmount', async (t) => {
+    const base = await tempDir(t);
+    const stateDir = join(base, 'state');
+    const m = await mountImage(t, smallRef, ['--rw'], { stateDir });
+    await writeFile(join(m.mountpoint, 'etc/written'), 'scratch');
+    assert.equal(await readFile(join(m.mountpoint, 'etc/written'), 'utf8'), 'scratch');
+    await m.umount();
+    const again = await mountImage(t, smallRef, [], { stateDir });
+    await assert.rejects(stat(join(again.mountpoint, 'etc/written')), { code: 'ENOENT' });
+    await again.umount();
+  });
+
+  test('a busy mount refuses to unmount with a clear message, and a later umount finishes', async (t) => {
+    const m = await mountImage(t, smallRef);
+    const holder = spawn('sleep', ['60'], { cwd: join(m.mountpoint, 'etc'), stdio: 'ignore' });
+    t.after(() => holder.kill('SIGKILL'));
+    await new Promise((r) => setTimeout(r, 200));
+    const busy = await runCli(['umount', m.mountpoint, '--state-dir', m.stateDir]);
+    assert.notEqual(busy.code, 0);
+    assert.match(busy.stderr, /busy/);
+    assert.equal(busy.stderr.trim().split('\n').length, 1, busy.stderr);
+    assert.equal(await readFile(join(m.mountpoint, 'etc/config'), 'utf8'), 'key=value\n', 'still served');
+    holder.kill('SIGKILL');
+    await new Promise((r) => holder.once('exit', r));
+    await m.umount();
+  });
+
+  test('umount --all cleans up after the serving process was killed', async (t) => {
+    const m = await mountImage(t, smallRef);
+    const state = JSON.parse(await readFile(join(m.stateDir, 'mounts', (await readdir(join(m.stateDir, 'mounts')))[0]!, 'state.json'), 'utf8')) as { pid: number };
+    process.kill(state.pid, 'SIGKILL');
+    await new Promise((r) => setTimeout(r, 300));
+    const res = await runCli(['umount', '--all', '--state-dir', m.stateDir]);
+    assert.equal(res.code, 0, res.stderr);
+    await assertNothingLeft([join(m.mountpoint, '..'), m.stateDir]);
+  });
+
+  test('an image with plain tar+gzip layers is mounted whole, saying why it is not lazy', async (t) => {
+    const m = await mountImage(t, plainRef);
+    const expected = join(await tempDir(t), 'expected');
+    await mkdir(expected);
+    applyLayersOci(layers, expected);
+    assert.deepEqual(diffTrees(await snapshotTree(expected), await snapshotTree(m.mountpoint)), []);
+    const s = await m.stats();
+    assert.ok(s.layers.every((l) => !l.lazy && /not seekable|media type/.test(l.notLazyReason ?? '')));
+    await m.umount();
+  });
+
+  test('an unreachable registry fails the mount quickly with a clear one-line error', async (t) => {
+    const base = await tempDir(t);
+    const started = Date.now();
+    const res = await runCli(['mount', '127.0.0.1:1/nothing:here', join(base, 'mnt'), '--state-dir', join(base, 'state'), '--cache-dir', join(base, 'cache'), '--mount-timeout', '5']);
+    assert.notEqual(res.code, 0);
+    assert.match(res.stderr, /unreachable|ECONNREFUSED|no answer/);
+    assert.equal(res.stderr.trim().split('\n').length, 1, res.stderr);
+    assert.ok(Date.now() - started < 20_000);
+    await assertNothingLeft([base]);
+  });
+});
