@@ -11,6 +11,7 @@ import type { TestContext } from 'node:test';
 import { openImageStore } from '../../src/fetch/index.js';
 import type { MountStats } from '../../src/mount/stats.js';
 import { buildImageFromDirs, pseudoRandomBytes } from '../../src/sample/build.js';
+import { MEDIA_TYPE } from '../../src/oci/types.js';
 import { runCli } from '../helpers/cli.js';
 import { applyLayersOci, writeTestLayers } from '../helpers/images.js';
 import { startRegistry } from '../helpers/registry.js';
@@ -261,6 +262,76 @@ describe('erofs-lazy mount', () => {
     assert.deepEqual(diffTrees(await snapshotTree(expected), await snapshotTree(m.mountpoint)), []);
     const s = await m.stats();
     assert.ok(s.layers.every((l) => !l.lazy && /not seekable|media type/.test(l.notLazyReason ?? '')));
+    await m.umount();
+  });
+
+  test('a damaged disk-cache file is detected and fetched again, never served', async (t) => {
+    const base = await tempDir(t);
+    const cacheDir = join(base, 'cache');
+    const m1 = await mountImage(t, bigRef, [], { cacheDir });
+    assert.equal(sha256(await readFile(join(m1.mountpoint, 'small/f3'))), bigFiles.get('small/f3'));
+    await m1.umount();
+    // Flip one byte in the middle of every cached chunk file.
+    const files = execFileSync('find', [join(cacheDir, 'chunks'), '-type', 'f'], { encoding: 'utf8' }).split('\n').filter(Boolean);
+    assert.ok(files.length > 0);
+    for (const f of files) {
+      const bytes = await readFile(f);
+      bytes[Math.floor(bytes.length / 2)]! ^= 0xff;
+      await writeFile(f, bytes);
+    }
+    execFileSync('sh', ['-c', 'echo 3 > /proc/sys/vm/drop_caches']);
+    const m2 = await mountImage(t, bigRef, [], { cacheDir });
+    assert.equal(sha256(await readFile(join(m2.mountpoint, 'small/f3'))), bigFiles.get('small/f3'));
+    const s = await m2.stats();
+    assert.ok(s.diskCache.corruptEntries > 0, 'damaged entries were noticed');
+    assert.ok(s.total.bytesFetched > 0, 'and fetched again');
+    await m2.umount();
+  });
+
+  test('EROFS layers that are not seekable (plain zstd stream, raw) are mounted whole', async (t) => {
+    const dir = await tempDir(t);
+    // Take the raw EROFS images out of the converted small image, and push them as the other two forms.
+    const src = openImageStore(smallRef, {});
+    const resolved = await src.resolve();
+    const config = JSON.parse((await src.fetchBlob(resolved.manifest.config)).toString()) as { rootfs: { diff_ids: string[] } };
+    const dst = openImageStore(`${registry.host}/mount/nonseekable:v1`, {});
+    t.after(() => Promise.all([src.close(), dst.close()]));
+    const newLayers = [];
+    for (const [i, layer] of resolved.manifest.layers.entries()) {
+      const blob = join(dir, `l${i}.blob`);
+      const raw = join(dir, `l${i}.erofs`);
+      await writeFile(blob, await src.fetchBlob(layer));
+      execFileSync('zstd', ['-q', '-d', '-f', blob, '-o', raw]);
+      let bytes: Buffer;
+      let mediaType: string;
+      if (i === 0) {
+        execFileSync('zstd', ['-q', '-f', '-3', raw, '-o', `${raw}.zst`]);
+        bytes = await readFile(`${raw}.zst`);
+        mediaType = MEDIA_TYPE.erofsZstd;
+      } else {
+        bytes = await readFile(raw);
+        mediaType = MEDIA_TYPE.erofs;
+      }
+      const desc = { mediaType, digest: `sha256:${sha256(bytes)}`, size: bytes.length };
+      await dst.pushBlob(desc, { bytes });
+      newLayers.push(desc);
+    }
+    const configBytes = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: config.rootfs.diff_ids } }));
+    const configDesc = { mediaType: MEDIA_TYPE.ociConfig, digest: `sha256:${sha256(configBytes)}`, size: configBytes.length };
+    await dst.pushBlob(configDesc, { bytes: configBytes });
+    await dst.pushManifest(MEDIA_TYPE.ociManifest, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPE.ociManifest, config: configDesc, layers: newLayers })));
+
+    const m = await mountImage(t, `${registry.host}/mount/nonseekable:v1`);
+    const expected = join(await tempDir(t), 'expected');
+    await mkdir(expected);
+    applyLayersOci(layers, expected);
+    assert.deepEqual(diffTrees(await snapshotTree(expected), await snapshotTree(m.mountpoint)), []);
+    const s = await m.stats();
+    assert.deepEqual(s.layers.map((l) => l.lazy), [false, false]);
+    assert.match(s.layers[0]!.notLazyReason ?? '', /chunk_table_offset|sequential|annotation/);
+    assert.match(s.layers[1]!.notLazyReason ?? '', /media type/);
+    const log = await readFile(join(m.stateDir, 'logs', (await readdir(join(m.stateDir, 'logs')))[0]!), 'utf8');
+    assert.match(log, /is not lazy/);
     await m.umount();
   });
 
