@@ -16,6 +16,7 @@ import type { ImageStore } from '../oci/store.js';
 import type { Descriptor, ImageConfig, Platform } from '../oci/types.js';
 import { MEDIA_TYPE } from '../oci/types.js';
 import { LazyLayer, RegistryHealth } from '../reader/index.js';
+import { zeroReadCounters } from '../reader/types.js';
 import type { LayerStats } from '../reader/types.js';
 import { serveStats, summarize } from './stats.js';
 import type { MountStats } from './stats.js';
@@ -285,16 +286,9 @@ async function openLayer(
       chunkCount: 0,
       lazy: false,
       notLazyReason: reason,
+      ...zeroReadCounters(),
       bytesFetched: whole.fetched ? desc.size : 0,
       requests: whole.fetched ? 1 : 0,
-      chunksFetched: 0,
-      memoryHits: 0,
-      diskHits: 0,
-      bytesServed: 0,
-      reads: 0,
-      readErrors: 0,
-      verificationFailures: 0,
-      retries: 0,
       fractionFetched: 1,
     },
   };

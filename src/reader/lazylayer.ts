@@ -23,7 +23,8 @@ import type { FetchHooks, RetryPolicy } from './fetcher.js';
 import type { RegistryHealth } from './health.js';
 import { RequestSemaphore } from './semaphore.js';
 import type { RequestPriority } from './semaphore.js';
-import type { LayerFileSource, LayerStats, RangeFetcher, ReaderLog } from './types.js';
+import { zeroReadCounters } from './types.js';
+import type { LayerFileSource, LayerStats, RangeFetcher, ReadCounters, ReaderLog } from './types.js';
 
 /** A read (and the fetches it starts) fails after this long, retries included. */
 export const DEFAULT_READ_DEADLINE_MS = 30_000;
@@ -126,20 +127,6 @@ const defaultLog: ReaderLog = (line) => {
   process.stderr.write(`${line}\n`);
 };
 
-/** Mutable counters behind LayerStats. */
-interface Counters {
-  bytesFetched: number;
-  requests: number;
-  chunksFetched: number;
-  memoryHits: number;
-  diskHits: number;
-  bytesServed: number;
-  reads: number;
-  readErrors: number;
-  verificationFailures: number;
-  retries: number;
-}
-
 export class LazyLayer implements LayerFileSource {
   readonly name: string;
   readonly size: number;
@@ -167,18 +154,7 @@ export class LazyLayer implements LayerFileSource {
   readonly #pendingWrites = new Set<Promise<void>>();
   readonly #closer = new AbortController();
   #lastFetchError: unknown;
-  readonly #c: Counters = {
-    bytesFetched: 0,
-    requests: 0,
-    chunksFetched: 0,
-    memoryHits: 0,
-    diskHits: 0,
-    bytesServed: 0,
-    reads: 0,
-    readErrors: 0,
-    verificationFailures: 0,
-    retries: 0,
-  };
+  readonly #c: ReadCounters = zeroReadCounters();
 
   constructor(init: LazyLayerInit) {
     const { descriptor, table } = init;

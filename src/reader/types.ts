@@ -14,17 +14,8 @@ export interface LayerFileSource {
   read(offset: number, length: number): Promise<Buffer>;
 }
 
-/** Counters of one layer's read path, reported by `erofs-lazy stats`. */
-export interface LayerStats {
-  layerDigest: string;
-  /** Raw image size U. */
-  imageSize: number;
-  blobSize: number;
-  chunkCount: number;
-  /** Whether the layer is served lazily (seekable) or was fetched whole. */
-  lazy: boolean;
-  /** Why a layer is not lazy, when it is not. */
-  notLazyReason?: string;
+/** Counters of one layer's read path. */
+export interface ReadCounters {
   bytesFetched: number;
   requests: number;
   chunksFetched: number;
@@ -35,6 +26,34 @@ export interface LayerStats {
   readErrors: number;
   verificationFailures: number;
   retries: number;
+}
+
+export function zeroReadCounters(): ReadCounters {
+  return {
+    bytesFetched: 0,
+    requests: 0,
+    chunksFetched: 0,
+    memoryHits: 0,
+    diskHits: 0,
+    bytesServed: 0,
+    reads: 0,
+    readErrors: 0,
+    verificationFailures: 0,
+    retries: 0,
+  };
+}
+
+/** What `erofs-lazy stats` reports of one layer. */
+export interface LayerStats extends ReadCounters {
+  layerDigest: string;
+  /** Raw image size U. */
+  imageSize: number;
+  blobSize: number;
+  chunkCount: number;
+  /** Whether the layer is served lazily (seekable) or was fetched whole. */
+  lazy: boolean;
+  /** Why a layer is not lazy, when it is not. */
+  notLazyReason?: string;
   /** Distinct chunks fetched or found in the disk cache, over chunkCount. */
   fractionFetched: number;
 }
