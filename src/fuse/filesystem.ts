@@ -2,14 +2,14 @@
 // raw EROFS image, served by a LayerFileSource), for the kernel to loop-mount. The data never changes,
 // so the mount asks the kernel to keep file pages cached across opens and to cache attributes and
 // lookups for a long time; reads are answered asynchronously and never serialized here.
-import { mkdir, readFile, stat, statfs, writeFile } from 'node:fs/promises';
+import { mkdir, stat, statfs, writeFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import type { LayerFileSource } from '../reader/types.js';
 import type { FuseOperations, FuseStat, FuseStatfs } from './native.js';
 import { NativeFuse } from './native.js';
 import type { UnmountOptions } from './unmount.js';
-import { forceUnmountFuse, mountTypesAt, unmountFuse } from './unmount.js';
+import { forceUnmountFuse, isFuseType, mountDeviceAt, mountTypesAt, unmountFuse } from './unmount.js';
 
 const E = osConstants.errno;
 const ENOENT = -E.ENOENT;
@@ -52,6 +52,8 @@ const DEFAULT_READ_AHEAD_KIB = 4096;
 const DEFAULT_MAX_BACKGROUND = 64;
 /** A read that takes longer than this is answered with EIO (the kernel would otherwise wait forever). */
 const DEFAULT_READ_TIMEOUT_MS = 120_000;
+/** How long mount() waits for an existing FUSE mount on its mount point to answer statfs. */
+const STALE_PROBE_TIMEOUT_MS = 2_000;
 /** How long mount() waits for libfuse's INIT before giving up. */
 const MOUNT_TIMEOUT_MS = 15_000;
 /** Name in /proc/mounts (source column, and the type becomes fuse.<subtype>). */
@@ -137,6 +139,8 @@ export class LayerFilesystem {
   #fuse: NativeFuse | undefined;
   #mountpoint: string | undefined;
   #unmountOptions: UnmountOptions = {};
+  /** Set while undoing a mount that failed its checks: detach lazily instead of reporting busy. */
+  #lazyUnmount = false;
   #stats: LayerFilesystemStats = { reads: 0, bytesRead: 0, readErrors: 0, maxReadLength: 0, readsInFlight: 0, maxReadsInFlight: 0 };
 
   constructor(sources: readonly LayerFileSource[], options: LayerFilesystemOptions = {}) {
@@ -208,7 +212,8 @@ export class LayerFilesystem {
     if (this.#fuse) throw new Error(`LayerFilesystem is already mounted on ${this.#mountpoint}`);
     const mnt = resolve(mountpoint);
     await this.#prepareMountpoint(mnt);
-    const fuse = new NativeFuse(mnt, this.#operations(), this.#options, (m) => unmountFuse(m, this.#unmountOptions));
+    const fuse = new NativeFuse(mnt, this.#operations(), this.#options, (m) => (this.#lazyUnmount ? forceUnmountFuse(m) : unmountFuse(m, this.#unmountOptions)));
+    let mounted = false;
     try {
       await new Promise<void>((res, rej) => {
         const timer = setTimeout(() => rej(new Error(`no FUSE INIT within ${MOUNT_TIMEOUT_MS} ms`)), MOUNT_TIMEOUT_MS);
@@ -218,16 +223,23 @@ export class LayerFilesystem {
           else res();
         });
       });
+      mounted = true;
       this.#fuse = fuse;
       this.#mountpoint = mnt;
       await this.#verifyMounted(mnt);
     } catch (err) {
       this.#fuse = undefined;
       this.#mountpoint = undefined;
-      // libfuse may have mounted before failing (e.g. fuse_new rejecting an option): nobody serves it.
-      if ((await mountTypesAt(mnt).catch(() => [])).some((t) => t === 'fuse' || t.startsWith('fuse.'))) {
+      if (mounted) {
+        // Detach it and release fuse-native's handle (which would otherwise keep node running).
+        this.#lazyUnmount = true;
+        await new Promise<void>((res) => fuse.unmount(() => res()));
+        this.#lazyUnmount = false;
+      } else if ((await mountTypesAt(mnt).catch(() => [])).some(isFuseType)) {
+        // libfuse may have mounted before failing (e.g. fuse_new rejecting an option): nobody serves it.
         await forceUnmountFuse(mnt).catch(() => undefined);
       }
+      if (!mounted) fuse.releaseAfterFailedMount();
       throw new Error(`mounting FUSE on ${mnt} with ${fuse.optionString || 'no options'} failed: ${errorMessage(err)}`, { cause: err });
     }
     if (this.#readAheadKiB > 0) await this.#setReadAhead(mnt, this.#readAheadKiB);
@@ -255,9 +267,12 @@ export class LayerFilesystem {
     const types = await mountTypesAt(mnt);
     if (types.length > 0) {
       const top = types[types.length - 1]!;
-      // A dead FUSE server's mount still answers stat from the attribute cache; statfs always asks it.
-      const stale = (top === 'fuse' || top.startsWith('fuse.')) && (await statfs(mnt).then(() => false, (e: NodeJS.ErrnoException) => e.code === 'ENOTCONN'));
-      if (!stale) throw new Error(`mount point ${mnt} is already a mount point (${top})`);
+      if (!isFuseType(top)) throw new Error(`mount point ${mnt} is already a mount point (${top})`);
+      const probe = await LayerFilesystem.#probeFuse(mnt);
+      if (probe === 'answers') throw new Error(`mount point ${mnt} is already a mount point (${top})`);
+      if (probe === 'hangs') {
+        throw new Error(`mount point ${mnt} is a FUSE mount that does not answer (its server is gone or stuck); run forceUnmount on it first`);
+      }
       this.#log(`erofs-lazy fuse: ${mnt} is a stale FUSE mount (transport endpoint not connected); detaching it`);
       await forceUnmountFuse(mnt);
     }
@@ -267,6 +282,27 @@ export class LayerFilesystem {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       await mkdir(mnt, { recursive: true });
+    }
+  }
+
+  /**
+   * Whether the FUSE mount at `mnt` has a server: a dead server's mount still answers stat from the
+   * attribute cache, but statfs always asks the server (ENOTCONN once the connection is gone; no answer
+   * at all while a leftover child of the dead server still holds /dev/fuse).
+   */
+  static async #probeFuse(mnt: string): Promise<'answers' | 'stale' | 'hangs'> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<'hangs'>((r) => {
+      timer = setTimeout(() => r('hangs'), STALE_PROBE_TIMEOUT_MS);
+    });
+    const probe = statfs(mnt).then(
+      () => 'answers' as const,
+      (e: NodeJS.ErrnoException) => (e.code === 'ENOTCONN' ? ('stale' as const) : ('answers' as const)),
+    );
+    try {
+      return await Promise.race([probe, timeout]);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -284,12 +320,9 @@ export class LayerFilesystem {
   }
 
   async #setReadAhead(mnt: string, kib: number): Promise<void> {
-    // The bdi of a FUSE mount is named after its anonymous device, "major:minor" in mountinfo.
     try {
-      const wanted = mnt.replace(/[ \t\n\\]/g, (c) => `\\${c.charCodeAt(0).toString(8).padStart(3, '0')}`);
-      const info = await readFile('/proc/self/mountinfo', 'utf8');
-      const line = info.split('\n').find((l) => l.split(' ')[4] === wanted);
-      const dev = line?.split(' ')[2];
+      // The bdi of a FUSE mount is named after its anonymous device, "major:minor" as in mountinfo.
+      const dev = await mountDeviceAt(mnt);
       if (!dev || !/^\d+:\d+$/.test(dev)) throw new Error('device not found in /proc/self/mountinfo');
       await writeFile(`/sys/class/bdi/${dev}/read_ahead_kb`, `${kib}\n`);
     } catch (err) {

@@ -133,6 +133,14 @@ export class NativeFuse extends FuseNative {
     return this.#optionString;
   }
 
+  /**
+   * After a failed mount(): fuse-native's addon may already have created the uv handle that keeps node's
+   * event loop alive (it does so before checking fuse_new's result); releasing it is harmless otherwise.
+   */
+  releaseAfterFailedMount(): void {
+    if (this._thread) binding.fuse_native_unmount(this.mnt, this._thread);
+  }
+
   override _close(cb: (err: Error | null) => void): void {
     this.#unmountCommand(this.mnt).then(
       () => {
