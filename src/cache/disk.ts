@@ -272,8 +272,10 @@ export class FileChunkCache implements DiskChunkCache {
         // Checked before reading, so a wrong or damaged size never makes us read a large file.
         reason = `file is ${st.size} bytes, expected ${CHUNK_HEADER_BYTES + expectedLength}`;
       } else {
-        file = await handle.readFile();
-        reason = checkEntry(file, k, expectedLength);
+        // One read of the known size (FileHandle.readFile reads in small pieces, several times slower).
+        file = Buffer.allocUnsafe(st.size);
+        const { bytesRead } = await handle.read(file, 0, st.size, 0);
+        reason = bytesRead === st.size ? checkEntry(file, k, expectedLength) : `read ${bytesRead} of ${st.size} bytes`;
       }
       if (reason !== undefined || file === undefined) {
         await this.#discard(k, st, reason ?? 'unreadable');
