@@ -1,8 +1,9 @@
 // Registry health shared by every layer of a mount (a circuit breaker). When a fetch fails transiently past
 // its retries, the registry is marked down: later fetches do not each retry for a whole read deadline (the
 // kernel retries failed reads, and each retry would otherwise wait again). While down, one fetch at a time
-// goes out as a single-attempt probe every probe interval, and the others wait for its outcome; a success
-// marks the registry up again, so reads recover without a remount.
+// goes out as a single-attempt probe once the probe interval has passed, fetches arriving while it is out
+// wait for its outcome, and the others fail at once; a success marks the registry up again, so reads
+// recover without a remount.
 
 /** How long after a failure the next probe request may go out. */
 export const DEFAULT_PROBE_INTERVAL_MS = 500;
@@ -35,31 +36,31 @@ export class RegistryHealth {
   }
 
   /**
-   * Before a fetch: 'normal' when up; 'probe' when down and this caller may try once (it must report the
-   * outcome with markUp/markDown). While down, waits (until `signal` aborts) for the next probe time or
-   * for the outcome of the probe that is out; without a signal, throws RegistryUnavailableError instead.
+   * Before a fetch: 'normal' when up; 'probe' when down and the probe interval has passed (the caller tries
+   * once and must report the outcome with markUp/markDown). While a probe is out, waits for its outcome (or
+   * `signal`) and then proceeds or throws; otherwise, while down, throws RegistryUnavailableError at once.
+   * So a read while the registry is down costs at most one request, not a whole read deadline (the kernel
+   * retries failed pages one by one, and each retry would otherwise wait again).
    */
   async admit(what: string, signal?: AbortSignal): Promise<'normal' | 'probe'> {
-    while (this.#downSince !== undefined) {
-      if (this.#probe) {
-        await waitFor(this.#probe.promise, signal);
-        continue;
-      }
-      const wait = this.#nextProbeAt - this.now();
-      if (wait <= 0) {
-        let resolve!: () => void;
-        const promise = new Promise<void>((r) => (resolve = r));
-        this.#probe = { promise, resolve };
-        return 'probe';
-      }
-      if (!signal) {
-        const since = Math.round((this.now() - this.#downSince) / 1000);
-        const last = this.#lastError instanceof Error ? `: ${this.#lastError.message}` : '';
-        throw new RegistryUnavailableError(`${what}: registry unavailable for ${since} s${last}`, { cause: this.#lastError });
-      }
-      await waitFor(new Promise<void>((r) => setTimeout(r, wait).unref()), signal);
+    if (this.#downSince === undefined) return 'normal';
+    if (this.#probe) {
+      // One probe decides for everyone waiting on it: up means go ahead, still down means fail now.
+      await waitFor(this.#probe.promise, signal);
+      if (this.#downSince === undefined) return 'normal';
+      throw this.#unavailable(what);
     }
-    return 'normal';
+    if (this.now() < this.#nextProbeAt) throw this.#unavailable(what);
+    let resolve!: () => void;
+    const promise = new Promise<void>((r) => (resolve = r));
+    this.#probe = { promise, resolve };
+    return 'probe';
+  }
+
+  #unavailable(what: string): RegistryUnavailableError {
+    const since = Math.round((this.now() - (this.#downSince ?? this.now())) / 1000);
+    const last = this.#lastError instanceof Error ? `: ${this.#lastError.message}` : '';
+    return new RegistryUnavailableError(`${what}: registry unavailable for ${since} s${last}`, { cause: this.#lastError });
   }
 
   markUp(): void {
