@@ -5,6 +5,7 @@ import type { Argv } from 'yargs';
 import { registerBench } from './bench.js';
 import { registerConvert } from './convert.js';
 import { registerInspect } from './inspect.js';
+import { registerLogin } from './login.js';
 import { registerMount } from './mount.js';
 import { registerSample } from './sample.js';
 import { oneLineError } from './output.js';
@@ -28,6 +29,7 @@ function buildParser(argv: string[]): Argv {
   parser = registerMount(parser);
   parser = registerSample(parser);
   parser = registerBench(parser);
+  parser = registerLogin(parser);
   return parser;
 }
 

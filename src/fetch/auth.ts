@@ -1,6 +1,9 @@
-// Registry authentication: parsing WWW-Authenticate challenges and the anonymous bearer-token flow
-// (GET realm?service=…&scope=…), with tokens cached per (registry host, scope) until they expire.
-// Tokens are kept in memory only and never appear in errors or logs.
+// Registry authentication: parsing WWW-Authenticate challenges, the bearer-token flow (GET
+// realm?service=…&scope=…, anonymous or with Basic credentials, or an OAuth2 POST with an identity token),
+// with tokens cached per (registry host, scope) until shortly before they expire, and the error for
+// refused credentials. Tokens and credentials are kept in memory only and never appear in errors or logs.
+import { RegistryError } from './errors.js';
+import type { RegistryCredentials } from './credentials.js';
 
 /** Token lifetime assumed when the issuer gives no expires_in (the distribution token spec's default). */
 export const DEFAULT_TOKEN_LIFETIME_SECONDS = 60;
@@ -146,4 +149,34 @@ export class TokenCache {
     this.tokens.set(key, { token, expiresAt: issuedAt + usableMs });
     return token;
   }
+}
+
+/** OAuth2 client id sent with identity-token (refresh_token) requests to a token issuer. */
+export const OAUTH_CLIENT_ID = 'erofs-lazy';
+
+/**
+ * Credentials the registry or its token issuer refused (after one refresh). Names the registry and where
+ * the credentials came from, never the credentials. Its status (401/403) marks it permanent for retries.
+ */
+export class RegistryAuthError extends RegistryError {
+  override name = 'RegistryAuthError';
+  /** Where the refused credentials came from ("…/config.json", "credential helper …"). */
+  readonly credentialSource: string;
+  constructor(details: { operation: string; url: string | URL; status: number; host: string; source: string }, options?: { cause?: unknown }) {
+    super(
+      { operation: details.operation, url: details.url, status: details.status, reason: `authentication failed for ${details.host} (credentials from ${details.source})` },
+      options,
+    );
+    this.credentialSource = details.source;
+  }
+}
+
+/** The Authorization header value for Basic credentials. */
+export function basicAuthorization(username: string, password: string): string {
+  return `Basic ${Buffer.from(`${username}:${password}`, 'utf8').toString('base64')}`;
+}
+
+/** True when the credentials can be sent as Basic auth (a username or password is present). */
+export function hasPassword(creds: RegistryCredentials | undefined): creds is RegistryCredentials {
+  return creds !== undefined && (creds.username !== undefined || creds.password !== undefined);
 }

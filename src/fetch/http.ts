@@ -1,10 +1,12 @@
 // HTTP transport of the registry client: one keep-alive undici Pool per origin with bounded connections,
-// timeouts, scheme choice (HTTPS unless plain HTTP is asked for or the host is loopback), bearer-token
-// retries on 401, redirect following for blob reads, and errors that name the host but no secrets.
+// timeouts, scheme choice (HTTPS unless plain HTTP is asked for or the host is loopback), Basic and bearer-token
+// auth on 401 (with credentials from a CredentialProvider, refreshed once after a refusal), redirect following
+// for blob reads, and errors that name the host but no secrets.
 import { isIP } from 'node:net';
 import type { Readable } from 'node:stream';
 import { Pool } from 'undici';
-import { parseAuthChallenges, TokenCache } from './auth.js';
+import { basicAuthorization, hasPassword, OAUTH_CLIENT_ID, parseAuthChallenges, RegistryAuthError, TokenCache, type AuthChallenge } from './auth.js';
+import type { CredentialProvider, RegistryCredentials } from './credentials.js';
 import { RegistryError } from './errors.js';
 
 /** Concurrent connections per registry origin. */
@@ -46,7 +48,12 @@ export interface RegistryClientOptions {
   timeouts?: Partial<HttpTimeouts>;
   /** Clock for token expiry (tests). */
   now?: () => number;
+  /** Registry credentials (e.g. a DockerCredentialStore); without it only anonymous access is tried. */
+  credentials?: CredentialProvider;
 }
+
+/** Auth attempts (challenge answered, token fetched) for one request: the first, and one after a refresh. */
+export const MAX_AUTH_ROUNDS = 2;
 
 export type HttpMethod = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
@@ -171,6 +178,11 @@ export class RegistryClient {
   private readonly pools = new Map<string, Pool>();
   private readonly tokens: TokenCache;
   private readonly maxConnections: number;
+  private readonly credentials: CredentialProvider | undefined;
+  /** Basic Authorization per host that answered a Basic challenge, sent up front afterwards. */
+  private readonly basicAuth = new Map<string, { header: string; creds: RegistryCredentials }>();
+  /** Last bearer challenge per host, to get a new token after a 403 (which carries no challenge). */
+  private readonly bearerChallenges = new Map<string, AuthChallenge>();
   readonly timeouts: HttpTimeouts;
   private closed = false;
 
@@ -182,6 +194,7 @@ export class RegistryClient {
       bodyMs: options.timeouts?.bodyMs ?? BODY_TIMEOUT_MS,
     };
     this.tokens = new TokenCache(options.now);
+    this.credentials = options.credentials;
   }
 
   private pool(origin: string): Pool {
@@ -224,62 +237,146 @@ export class RegistryClient {
     }
   }
 
-  private async requestToken(realm: URL, operation: string): Promise<unknown> {
-    const res = await this.exchange('GET', realm, { accept: 'application/json' }, undefined, `${operation} (token)`);
-    if (res.status !== 200) throw await responseError(res, `${operation} (token)`, 'GET', 'token issuer refused an anonymous token');
-    const bytes = await readBodyCapped(res.body, MAX_TOKEN_BODY_BYTES, 'token answer');
+  /** Credentials for `host`, as a RegistryError (no secrets) when the provider fails. */
+  private async lookupCredentials(host: string, operation: string, url: URL): Promise<RegistryCredentials | undefined> {
+    if (!this.credentials) return undefined;
     try {
-      return JSON.parse(bytes.toString('utf8')) as unknown;
-    } catch {
-      throw new RegistryError({ operation: `${operation} (token)`, url: realm, status: res.status, reason: 'token answer is not JSON' });
+      return await this.credentials.get(host);
+    } catch (err) {
+      throw new RegistryError({ operation, url, reason: `no credentials for ${host}: ${(err as Error).message}` }, { cause: err });
     }
   }
 
   /**
-   * Sends a request. On 401 with a Bearer challenge it gets an anonymous token for the request's scopes
-   * (plus the challenge's) and retries once; a Basic challenge fails with a "needs credentials" error.
-   * Returns any other answer as is (the caller checks the status and consumes or discards the body).
+   * Asks the token issuer for a token: an OAuth2 POST (grant_type=refresh_token) with an identity token,
+   * a GET with Basic auth with username/password, an anonymous GET otherwise. A refusal of credentials
+   * is a RegistryAuthError.
+   */
+  private async requestToken(realm: URL, operation: string, host: string, creds: RegistryCredentials | undefined): Promise<unknown> {
+    const tokenOperation = `${operation} (token)`;
+    let res: HttpResponse;
+    if (creds?.identityToken !== undefined) {
+      const form = new URLSearchParams();
+      form.set('grant_type', 'refresh_token');
+      form.set('refresh_token', creds.identityToken);
+      form.set('client_id', OAUTH_CLIENT_ID);
+      const service = realm.searchParams.get('service');
+      if (service) form.set('service', service);
+      const scopes = realm.searchParams.getAll('scope');
+      if (scopes.length > 0) form.set('scope', scopes.join(' '));
+      const target = new URL(realm.href);
+      target.search = '';
+      res = await this.exchange('POST', target, { accept: 'application/json', 'content-type': 'application/x-www-form-urlencoded' }, Buffer.from(form.toString(), 'utf8'), tokenOperation);
+    } else {
+      const headers: Record<string, string> = { accept: 'application/json' };
+      if (hasPassword(creds)) headers['authorization'] = basicAuthorization(creds.username ?? '', creds.password ?? '');
+      res = await this.exchange('GET', realm, headers, undefined, tokenOperation);
+    }
+    if (creds !== undefined && (res.status === 401 || res.status === 403)) {
+      await discardBody(res);
+      throw new RegistryAuthError({ operation: tokenOperation, url: res.url, status: res.status, host, source: creds.source });
+    }
+    if (res.status !== 200) {
+      throw await responseError(res, tokenOperation, 'GET', creds === undefined ? 'token issuer refused an anonymous token' : 'token issuer refused the request');
+    }
+    const bytes = await readBodyCapped(res.body, MAX_TOKEN_BODY_BYTES, 'token answer');
+    try {
+      return JSON.parse(bytes.toString('utf8')) as unknown;
+    } catch {
+      throw new RegistryError({ operation: tokenOperation, url: realm, status: res.status, reason: 'token answer is not JSON' });
+    }
+  }
+
+  /**
+   * Sends a request. On 401 it answers the challenge and retries: Bearer → a token for the request's scopes
+   * (plus the challenge's), anonymous or with the host's credentials; Basic → the host's credentials (none:
+   * a "needs credentials" error). When an answer refuses auth that was sent (401, or 403 with credentials),
+   * the credentials are re-read once (rotation) and the request is tried again; a further refusal is a
+   * RegistryAuthError when credentials were used, else the answer is returned. Returns any other answer as
+   * is (the caller checks the status and consumes or discards the body).
    */
   async send(req: HttpRequest): Promise<HttpResponse> {
     const origin = req.url.origin;
     const host = req.url.host;
     let url = req.url;
     let redirects = 0;
-    let authAttempted = false;
+    let authRounds = 0;
+    let refreshed = false;
+    let usedCreds: RegistryCredentials | undefined;
     let tokenKey = req.scopes ? TokenCache.key(host, req.scopes) : undefined;
+    let scopes: string[] = [...(req.scopes ?? [])];
     for (;;) {
       const headers: Record<string, string> = { ...req.headers };
       const sameOrigin = url.origin === origin;
-      const token = sameOrigin && tokenKey !== undefined ? this.tokens.get(tokenKey) : undefined;
-      if (token !== undefined) headers['authorization'] = `Bearer ${token}`;
+      let sentAuth = false;
+      if (sameOrigin) {
+        const token = tokenKey !== undefined ? this.tokens.get(tokenKey) : undefined;
+        const basic = this.basicAuth.get(host);
+        if (token !== undefined) {
+          headers['authorization'] = `Bearer ${token}`;
+          sentAuth = true;
+        } else if (basic !== undefined) {
+          headers['authorization'] = basic.header;
+          usedCreds = basic.creds;
+          sentAuth = true;
+        }
+      }
       const res = await this.exchange(req.method, url, headers, req.body, req.operation);
 
-      if (res.status === 401 && sameOrigin && !authAttempted) {
-        authAttempted = true;
+      // A 403 to auth we sent may come from revoked or rotated credentials: worth one refresh too.
+      const refused = res.status === 401 || (res.status === 403 && sentAuth && (usedCreds !== undefined || this.credentials !== undefined));
+      if (refused && sameOrigin) {
+        const canRefresh = sentAuth && !refreshed && this.credentials !== undefined;
+        if (authRounds >= MAX_AUTH_ROUNDS || (sentAuth && !canRefresh && authRounds > 0)) {
+          if (usedCreds === undefined) return res;
+          await discardBody(res);
+          throw new RegistryAuthError({ operation: req.operation, url, status: res.status, host, source: usedCreds.source });
+        }
+        if (sentAuth && !canRefresh && authRounds === 0 && res.status === 403) return res;
+        authRounds++;
+        if (canRefresh) {
+          refreshed = true;
+          this.credentials?.refresh();
+          this.basicAuth.delete(host);
+        }
         const challenges = parseAuthChallenges(res.headers['www-authenticate']);
-        const bearer = challenges.find((c) => c.scheme === 'bearer');
+        const bearer = challenges.find((c) => c.scheme === 'bearer') ?? (res.status === 403 ? this.bearerChallenges.get(host) : undefined);
         if (bearer) {
           await discardBody(res);
+          this.bearerChallenges.set(host, bearer);
           const challengeScopes = bearer.params['scope'] ? bearer.params['scope'].split(' ').filter((s) => s !== '') : [];
-          const scopes = [...(req.scopes ?? []), ...challengeScopes];
+          scopes = [...new Set([...scopes, ...challengeScopes])];
           tokenKey ??= TokenCache.key(host, scopes);
           this.tokens.invalidate(tokenKey);
+          const creds = await this.lookupCredentials(host, req.operation, url);
+          if (creds !== undefined) usedCreds = creds;
           try {
-            await this.tokens.obtain(tokenKey, bearer, scopes, (realm) => this.requestToken(realm, req.operation));
+            await this.tokens.obtain(tokenKey, bearer, scopes, (realm) => this.requestToken(realm, req.operation, host, creds));
           } catch (err) {
             if (err instanceof RegistryError) throw err;
             throw new RegistryError({ operation: req.operation, url, status: 401, reason: (err as Error).message }, { cause: err });
           }
           continue;
         }
-        if (challenges.some((c) => c.scheme === 'basic')) {
+        if (challenges.some((c) => c.scheme === 'basic') || (res.status === 403 && usedCreds !== undefined)) {
           await discardBody(res);
-          throw new RegistryError({
-            operation: req.operation,
-            url,
-            status: 401,
-            reason: `registry ${host} needs credentials (Basic authentication); none are configured`,
-          });
+          const creds = await this.lookupCredentials(host, req.operation, url);
+          if (!hasPassword(creds)) {
+            if (usedCreds !== undefined) throw new RegistryAuthError({ operation: req.operation, url, status: res.status, host, source: usedCreds.source });
+            throw new RegistryError({
+              operation: req.operation,
+              url,
+              status: 401,
+              reason: `registry ${host} needs credentials (Basic authentication); none are configured`,
+            });
+          }
+          usedCreds = creds;
+          this.basicAuth.set(host, { header: basicAuthorization(creds.username ?? '', creds.password ?? ''), creds });
+          continue;
+        }
+        if (usedCreds !== undefined) {
+          await discardBody(res);
+          throw new RegistryAuthError({ operation: req.operation, url, status: res.status, host, source: usedCreds.source });
         }
         return res;
       }

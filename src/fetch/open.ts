@@ -1,7 +1,9 @@
 // Entry point for callers: turns a source string into an ImageStore, an OCI layout for `oci:DIR[:TAG]` and a
-// registry repository for anything else.
+// registry repository for anything else. Registry stores get credentials from the docker config
+// (DockerCredentialStore) unless the caller gives others or none.
 import type { ImageStore } from '../oci/store.js';
 import type { Platform } from '../oci/types.js';
+import { DockerCredentialStore, type CredentialProvider } from './credentials.js';
 import type { RegistryClient } from './http.js';
 import { OciLayoutStore } from './ocilayout.js';
 import { parseImageSource } from './reference.js';
@@ -15,7 +17,13 @@ export interface OpenImageStoreOptions {
   /** Share connections and tokens between registry stores; the caller closes it. */
   client?: RegistryClient;
   /** Registry tuning (timeouts, connections, upload chunking, fetchBlob cap). */
-  registry?: Omit<RegistryStoreOptions, 'plainHttp' | 'platform' | 'client'>;
+  registry?: Omit<RegistryStoreOptions, 'plainHttp' | 'platform' | 'client' | 'credentials'>;
+  /**
+   * Registry credentials: a provider, 'none' for anonymous access only, or (default) the docker config
+   * (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json` and its credential helpers). Ignored when
+   * `client` is given (the client has its own).
+   */
+  credentials?: CredentialProvider | 'none';
 }
 
 /** Opens `oci:DIR[:TAG]` as an OCI image layout, anything else as a registry reference. */
@@ -28,5 +36,6 @@ export function openImageStore(ref: string, options: OpenImageStoreOptions = {})
   if (options.plainHttp !== undefined) registryOptions.plainHttp = options.plainHttp;
   if (options.platform !== undefined) registryOptions.platform = options.platform;
   if (options.client !== undefined) registryOptions.client = options.client;
+  else if (options.credentials !== 'none') registryOptions.credentials = options.credentials ?? new DockerCredentialStore();
   return new RegistryStore(source, registryOptions);
 }
