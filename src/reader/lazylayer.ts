@@ -476,6 +476,10 @@ export class LazyLayer implements LayerFileSource {
   /** Chunks after the last missing one that are worth fetching in the same request (see DEFAULT_READAHEAD_CHUNKS). */
   async #readaheadCandidates(missing: number[], deadline: Deadline): Promise<number[]> {
     if (this.#readahead === 0) return [];
+    // Only a reader moving forward (the chunk before the first miss is already here) gets read-ahead: a first
+    // touch of a region, such as one small file, fetches just what it needs.
+    const first = Math.min(...missing);
+    if (first === 0 || (!this.#fromMemory(first - 1, false) && !this.#inflight.has(first - 1))) return [];
     const last = Math.max(...missing);
     const candidates: number[] = [];
     for (let index = last + 1; index <= last + this.#readahead && index < this.table.chunkCount; index++) {
