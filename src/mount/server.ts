@@ -9,13 +9,14 @@ import type { Server } from 'node:http';
 import { join } from 'node:path';
 import { createMemoryChunkCache, openDiskChunkCache, openWholeLayerCache } from '../cache/index.js';
 import type { DiskChunkCache, MemoryChunkCache } from '../cache/index.js';
-import { loadChunkTable, parseSeekableAnnotations } from '../chunktable/index.js';
+import { parseSeekableAnnotations, SeekableFormatError } from '../chunktable/index.js';
 import { openImageStore } from '../fetch/index.js';
 import { LayerFilesystem } from '../fuse/index.js';
 import type { ImageStore } from '../oci/store.js';
 import type { Descriptor, ImageConfig, Platform } from '../oci/types.js';
 import { MEDIA_TYPE } from '../oci/types.js';
-import { LazyLayer, RegistryHealth } from '../reader/index.js';
+import { openLazyLayer, rangeFetcherFromStore, RegistryHealth } from '../reader/index.js';
+import type { LazyLayer } from '../reader/index.js';
 import { zeroReadCounters } from '../reader/types.js';
 import type { LayerStats } from '../reader/types.js';
 import { serveStats, summarize } from './stats.js';
@@ -251,25 +252,26 @@ async function openLayer(
   let reason: string;
   const verdict = desc.mediaType === MEDIA_TYPE.erofsZstd ? parseSeekableAnnotations(desc) : undefined;
   if (verdict?.kind === 'seekable') {
-    const table = await withTimeout(
-      loadChunkTable(desc, (start, end) => store.fetchRange(desc, start, end)),
-      options.mountTimeoutMs,
-      `layer ${desc.digest}: fetching the chunk table`,
-    );
-    if (table.verifiable) {
-      const lazy = new LazyLayer({
-        name: fuseFileName(desc.digest),
-        descriptor: desc,
-        table,
-        fetchRange: (start, end) => store.fetchRange(desc, start, end),
-        memory: ctx.memory,
-        disk: ctx.disk,
-        options: { readDeadlineMs: options.readDeadlineMs, health: ctx.health },
-        log: options.log,
-      });
+    try {
+      const lazy = await withTimeout(
+        openLazyLayer({
+          name: fuseFileName(desc.digest),
+          descriptor: desc,
+          fetchRange: rangeFetcherFromStore(store, desc),
+          memory: ctx.memory,
+          disk: ctx.disk,
+          options: { readDeadlineMs: options.readDeadlineMs, health: ctx.health },
+          log: options.log,
+        }),
+        options.mountTimeoutMs,
+        `layer ${desc.digest}: fetching the chunk table`,
+      );
       return { descriptor: desc, lazy, file: join(ctx.fuseDir, lazy.name) };
+    } catch (err) {
+      // A table without per-chunk hashes cannot anchor lazy reads (spec rule 19): serve the layer whole.
+      if (!(err instanceof SeekableFormatError && err.rule === 19)) throw err;
+      reason = 'its chunk table has no per-chunk hashes (HashAlgo 0)';
     }
-    reason = 'its chunk table has no per-chunk hashes (HashAlgo 0)';
   } else {
     reason = verdict ? verdict.reason : `media type ${desc.mediaType} is not seekable EROFS`;
   }
