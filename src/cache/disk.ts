@@ -35,7 +35,7 @@ import type { Stats } from 'node:fs';
 import { lstat, mkdir, open, opendir, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseDigest } from '../util/digest.js';
-import { CacheError, errnoCode } from './errors.js';
+import { CacheError, errnoCode, isMissing, unlinkIfSame } from './errors.js';
 import type { ChunkKey, DiskChunkCache } from './types.js';
 
 /** Default cache directory of erofs-lazy; chunks live in `<cacheDir>/chunks`, whole layers in `<cacheDir>/layers`. */
@@ -163,20 +163,6 @@ function checkEntry(file: Buffer, key: ResolvedKey, expectedLength: number): str
   return undefined;
 }
 
-function isMissing(err: unknown): boolean {
-  const code = errnoCode(err);
-  return code === 'ENOENT' || code === 'ENOTDIR';
-}
-
-/** Unlinks `path` only if it is still the file described by `st` (not a newer file renamed over it). */
-async function unlinkIfSame(path: string, st: Stats): Promise<void> {
-  try {
-    const now = await lstat(path);
-    if (now.ino === st.ino && now.dev === st.dev) await unlink(path);
-  } catch (err) {
-    if (!isMissing(err)) throw err;
-  }
-}
 
 export class FileChunkCache implements DiskChunkCache {
   readonly root: string;

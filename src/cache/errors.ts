@@ -1,4 +1,7 @@
-// Errors of the chunk caches (src/cache): every one names the layer, chunk index and/or path it is about.
+// Errors of the chunk caches (src/cache): every one names the layer, chunk index and/or path it is about;
+// and the errno helpers both cache tiers share (a plain miss is not an error).
+import type { Stats } from 'node:fs';
+import { lstat, unlink } from 'node:fs/promises';
 
 export interface CacheErrorContext {
   layerDigest?: string;
@@ -35,4 +38,20 @@ export function errnoCode(err: unknown): string | undefined {
     return typeof code === 'string' ? code : undefined;
   }
   return undefined;
+}
+
+/** The path (or a directory on it) does not exist. */
+export function isMissing(err: unknown): boolean {
+  const code = errnoCode(err);
+  return code === 'ENOENT' || code === 'ENOTDIR';
+}
+
+/** Unlinks `path` only if it is still the file described by `st` (not a newer file renamed over it). */
+export async function unlinkIfSame(path: string, st: Stats): Promise<void> {
+  try {
+    const now = await lstat(path);
+    if (now.ino === st.ino && now.dev === st.dev) await unlink(path);
+  } catch (err) {
+    if (!isMissing(err)) throw err;
+  }
 }

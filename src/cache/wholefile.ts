@@ -16,7 +16,7 @@ import type { Stats } from 'node:fs';
 import { copyFile, lstat, mkdir, open, readdir, rename, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseDigest } from '../util/digest.js';
-import { CacheError, errnoCode } from './errors.js';
+import { CacheError, errnoCode, isMissing, unlinkIfSame } from './errors.js';
 
 /** Directory of whole layer files under the cache directory. */
 export const LAYERS_DIR = 'layers';
@@ -53,20 +53,6 @@ export interface WholeLayerEntry {
   bytes: number;
 }
 
-function isMissing(err: unknown): boolean {
-  const code = errnoCode(err);
-  return code === 'ENOENT' || code === 'ENOTDIR';
-}
-
-/** Unlinks `path` only if it is still the file described by `st` (not a newer file renamed over it). */
-async function unlinkIfSame(path: string, st: Stats): Promise<void> {
-  try {
-    const now = await lstat(path);
-    if (now.ino === st.ino && now.dev === st.dev) await unlink(path);
-  } catch (err) {
-    if (!isMissing(err)) throw err;
-  }
-}
 
 async function unlinkIfPresent(path: string): Promise<void> {
   try {

@@ -3,7 +3,8 @@
 import { createServer, request } from 'node:http';
 import type { Server } from 'node:http';
 import { rm } from 'node:fs/promises';
-import type { LayerStats } from '../reader/types.js';
+import { zeroReadCounters } from '../reader/types.js';
+import type { LayerStats, ReadCounters } from '../reader/types.js';
 
 /** How long `erofs-lazy stats` waits for the mount process to answer. */
 const STATS_REQUEST_TIMEOUT_MS = 5_000;
@@ -16,18 +17,9 @@ export interface MountStats {
   pid: number;
   uptimeSeconds: number;
   layers: LayerStats[];
-  total: {
+  total: ReadCounters & {
     imageSize: number;
     blobSize: number;
-    bytesFetched: number;
-    requests: number;
-    chunksFetched: number;
-    memoryHits: number;
-    diskHits: number;
-    bytesServed: number;
-    readErrors: number;
-    verificationFailures: number;
-    retries: number;
     /** bytesFetched over the blob sizes of the lazy layers. */
     fractionFetched: number;
   };
@@ -36,22 +28,17 @@ export interface MountStats {
 }
 
 export function summarize(layers: LayerStats[]): MountStats['total'] {
-  const sum = (f: (l: LayerStats) => number) => layers.reduce((s, l) => s + f(l), 0);
-  const lazyBlob = layers.filter((l) => l.lazy).reduce((s, l) => s + l.blobSize, 0);
-  const bytesFetched = sum((l) => l.bytesFetched);
+  const counters = zeroReadCounters();
+  for (const key of Object.keys(counters) as Array<keyof ReadCounters>) {
+    counters[key] = layers.reduce((sum, l) => sum + l[key], 0);
+  }
+  const lazy = layers.filter((l) => l.lazy);
+  const lazyBlob = lazy.reduce((s, l) => s + l.blobSize, 0);
   return {
-    imageSize: sum((l) => l.imageSize),
-    blobSize: sum((l) => l.blobSize),
-    bytesFetched,
-    requests: sum((l) => l.requests),
-    chunksFetched: sum((l) => l.chunksFetched),
-    memoryHits: sum((l) => l.memoryHits),
-    diskHits: sum((l) => l.diskHits),
-    bytesServed: sum((l) => l.bytesServed),
-    readErrors: sum((l) => l.readErrors),
-    verificationFailures: sum((l) => l.verificationFailures),
-    retries: sum((l) => l.retries),
-    fractionFetched: lazyBlob === 0 ? 0 : layers.filter((l) => l.lazy).reduce((s, l) => s + l.bytesFetched, 0) / lazyBlob,
+    ...counters,
+    imageSize: layers.reduce((s, l) => s + l.imageSize, 0),
+    blobSize: layers.reduce((s, l) => s + l.blobSize, 0),
+    fractionFetched: lazyBlob === 0 ? 0 : lazy.reduce((s, l) => s + l.bytesFetched, 0) / lazyBlob,
   };
 }
 
