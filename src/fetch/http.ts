@@ -1,13 +1,16 @@
 // HTTP transport of the registry client: one keep-alive undici Pool per origin with bounded connections,
 // timeouts, scheme choice (HTTPS unless plain HTTP is asked for or the host is loopback), Basic and bearer-token
 // auth on 401 (with credentials from a CredentialProvider, refreshed once after a refusal), redirect following
-// for blob reads, and errors that name the host but no secrets.
+// for blob reads (Authorization only to the registry's own origin), bounded retries of idempotent requests
+// (Retry-After on 429/503, backoff with jitter on 5xx/408 and connection errors), AbortSignal support,
+// counters and events (retries, redirects, registries ignoring Range), and errors that name the host but no
+// secrets.
 import { isIP } from 'node:net';
 import type { Readable } from 'node:stream';
 import { Pool } from 'undici';
 import { basicAuthorization, hasPassword, OAUTH_CLIENT_ID, parseAuthChallenges, RegistryAuthError, TokenCache, type AuthChallenge } from './auth.js';
 import type { CredentialProvider, RegistryCredentials } from './credentials.js';
-import { RegistryError } from './errors.js';
+import { RegistryError, redactUrl } from './errors.js';
 
 /** Concurrent connections per registry origin. */
 export const MAX_CONNECTIONS_PER_HOST = 8;
@@ -27,6 +30,19 @@ export const MAX_ERROR_BODY_BYTES = 64 * 1024;
 export const CLOSE_GRACE_MS = 1_000;
 /** Largest token-issuer answer read. */
 export const MAX_TOKEN_BODY_BYTES = 1024 * 1024;
+/**
+ * Retries of one idempotent request (GET/HEAD, including its body read for blob reads) after a transient
+ * failure. Small on purpose: the lazy reader retries above this within its own deadline.
+ */
+export const MAX_RETRIES = 2;
+/** Backoff before the first retry; multiplied by RETRY_BACKOFF_FACTOR per retry up to RETRY_MAX_DELAY_MS. */
+export const RETRY_INITIAL_DELAY_MS = 200;
+export const RETRY_MAX_DELAY_MS = 2_000;
+export const RETRY_BACKOFF_FACTOR = 2;
+/** Random share of each backoff delay ("equal jitter"): the wait is drawn from [delay × (1 − RETRY_JITTER), delay]. */
+export const RETRY_JITTER = 0.5;
+/** Longest Retry-After (429/503) waited for; a longer one is cut to this. */
+export const MAX_RETRY_AFTER_MS = 10_000;
 
 /** Network error codes meaning "nobody answers at that address". */
 const UNREACHABLE_CODES: ReadonlySet<string> = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL']);
@@ -34,6 +50,92 @@ const TIMEOUT_CODES: ReadonlySet<string> = new Set(['UND_ERR_CONNECT_TIMEOUT', '
 /** Errors after which an idempotent request is tried once more (a kept-alive socket closed by the server). */
 const STALE_SOCKET_CODES: ReadonlySet<string> = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET']);
 const REDIRECT_STATUSES: ReadonlySet<number> = new Set([301, 302, 303, 307, 308]);
+/** Statuses whose Retry-After header is honoured. */
+const RETRY_AFTER_STATUSES: ReadonlySet<number> = new Set([429, 503]);
+/** 5xx statuses that will not change on a retry. */
+const PERMANENT_SERVER_STATUSES: ReadonlySet<number> = new Set([501, 505]);
+
+/** Retry tuning of a RegistryClient (defaults: the MAX_RETRIES, RETRY_* and MAX_RETRY_AFTER_MS constants). */
+export interface RetryPolicy {
+  maxRetries: number;
+  initialDelayMs: number;
+  maxDelayMs: number;
+  maxRetryAfterMs: number;
+  /** Random source in [0, 1) for jitter (tests may pin it). */
+  random: () => number;
+}
+
+/** Counters of one RegistryClient, for stats. */
+export interface RegistryClientStats {
+  /** Requests (or body reads) tried again after a transient failure. */
+  retries: number;
+  /** 3xx answers followed. */
+  redirectsFollowed: number;
+  /** Blob reads sent straight to a remembered redirect target. */
+  redirectTargetHits: number;
+  /** Range requests answered with the whole blob (200). */
+  rangeIgnored: number;
+  /** Bytes read from such whole-blob answers before they were cut. */
+  rangeIgnoredBytes: number;
+}
+
+/** Something worth logging that the client did; URLs are redacted (no credentials, no query). */
+export type RegistryClientEvent =
+  | { kind: 'retry'; operation: string; url: string; status: number | undefined; reason: string; delayMs: number; retry: number }
+  | { kind: 'redirect'; operation: string; from: string; to: string; status: number }
+  | { kind: 'redirect-target-dropped'; operation: string; url: string; reason: string }
+  | { kind: 'range-ignored'; operation: string; host: string; firstForHost: boolean };
+
+/** Retries left for one logical request; shared by its HTTP exchanges and body reads so the total stays bounded. */
+export class RetryBudget {
+  used = 0;
+  constructor(readonly max: number) {}
+  /** Takes one retry; false when none is left. */
+  take(): boolean {
+    if (this.used >= this.max) return false;
+    this.used++;
+    return true;
+  }
+}
+
+/** Network failures (as RegistryErrors) that an idempotent request may be retried after. */
+const retryableNetworkErrors = new WeakSet<Error>();
+
+/** True for a RegistryError from a connection failure or a cut body (not a timeout, not an HTTP status). */
+export function isRetryableNetworkError(err: unknown): boolean {
+  return err instanceof Error && retryableNetworkErrors.has(err);
+}
+
+/** True for statuses worth another try: 408, 429 and 5xx other than 501/505. */
+export function isRetryableStatus(status: number): boolean {
+  return status === 408 || status === 429 || (status >= 500 && status <= 599 && !PERMANENT_SERVER_STATUSES.has(status));
+}
+
+/** Milliseconds a Retry-After value (delta-seconds or an HTTP date) asks for; undefined if absent or malformed. */
+export function parseRetryAfter(value: string | undefined, now: number = Date.now()): number | undefined {
+  if (value === undefined) return undefined;
+  const text = value.trim();
+  if (/^\d+$/.test(text)) return Number(text) * 1000;
+  const date = Date.parse(text);
+  if (Number.isNaN(date)) return undefined;
+  return Math.max(0, date - now);
+}
+
+/** Waits `ms`, rejecting with the signal's reason as soon as it aborts. */
+function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason as Error);
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(signal?.reason as Error);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
 
 export interface HttpTimeouts {
   connectMs: number;
@@ -50,6 +152,10 @@ export interface RegistryClientOptions {
   now?: () => number;
   /** Registry credentials (e.g. a DockerCredentialStore); without it only anonymous access is tried. */
   credentials?: CredentialProvider;
+  /** Overrides of the retry defaults (MAX_RETRIES, RETRY_*, MAX_RETRY_AFTER_MS). */
+  retry?: Partial<RetryPolicy>;
+  /** Called for retries, redirects and registries that ignore Range (e.g. to log them); must not throw. */
+  onEvent?: (event: RegistryClientEvent) => void;
 }
 
 /** Auth attempts (challenge answered, token fetched) for one request: the first, and one after a refresh. */
@@ -68,6 +174,14 @@ export interface HttpRequest {
   scopes?: readonly string[];
   /** Follow 3xx answers (GET/HEAD of blobs, which registries may serve from other storage). */
   followRedirects?: boolean;
+  /** Aborts the request (and its body, and any retry wait); the promise then rejects with the signal's reason. */
+  signal?: AbortSignal;
+  /** Retry a GET/HEAD after a transient failure (default true; never for other methods). */
+  retry?: boolean;
+  /** Shared retry budget (e.g. with the caller's body-read retries); a fresh one per call when absent. */
+  retryBudget?: RetryBudget;
+  /** Send registry auth and answer 401 challenges (default true); false for a remembered storage URL. */
+  auth?: boolean;
 }
 
 export interface HttpResponse {
@@ -184,6 +298,11 @@ export class RegistryClient {
   /** Last bearer challenge per host, to get a new token after a 403 (which carries no challenge). */
   private readonly bearerChallenges = new Map<string, AuthChallenge>();
   readonly timeouts: HttpTimeouts;
+  readonly retryPolicy: RetryPolicy;
+  private readonly counters: RegistryClientStats = { retries: 0, redirectsFollowed: 0, redirectTargetHits: 0, rangeIgnored: 0, rangeIgnoredBytes: 0 };
+  /** Hosts seen answering a Range request with the whole blob. */
+  private readonly rangeIgnoringHosts = new Set<string>();
+  private readonly onEvent: ((event: RegistryClientEvent) => void) | undefined;
   private closed = false;
 
   constructor(options: RegistryClientOptions = {}) {
@@ -195,6 +314,95 @@ export class RegistryClient {
     };
     this.tokens = new TokenCache(options.now);
     this.credentials = options.credentials;
+    this.retryPolicy = {
+      maxRetries: options.retry?.maxRetries ?? MAX_RETRIES,
+      initialDelayMs: options.retry?.initialDelayMs ?? RETRY_INITIAL_DELAY_MS,
+      maxDelayMs: options.retry?.maxDelayMs ?? RETRY_MAX_DELAY_MS,
+      maxRetryAfterMs: options.retry?.maxRetryAfterMs ?? MAX_RETRY_AFTER_MS,
+      random: options.retry?.random ?? Math.random,
+    };
+    this.onEvent = options.onEvent;
+  }
+
+  /** A snapshot of the client's counters. */
+  get stats(): RegistryClientStats {
+    return { ...this.counters };
+  }
+
+  /** Hosts known to ignore Range (they answer with the whole blob). */
+  get rangeIgnoredHosts(): readonly string[] {
+    return [...this.rangeIgnoringHosts];
+  }
+
+  /** Whether `host` ("name:port") has been seen ignoring Range. */
+  ignoresRange(host: string): boolean {
+    return this.rangeIgnoringHosts.has(host);
+  }
+
+  private emit(event: RegistryClientEvent): void {
+    try {
+      this.onEvent?.(event);
+    } catch {
+      // An event sink must not break requests.
+    }
+  }
+
+  /** A fresh retry budget of retryPolicy.maxRetries. */
+  newRetryBudget(): RetryBudget {
+    return new RetryBudget(this.retryPolicy.maxRetries);
+  }
+
+  /** Records a Range request answered with the whole blob, of which `bytesRead` bytes were read. */
+  noteRangeIgnored(url: URL, operation: string, bytesRead: number): void {
+    const firstForHost = !this.rangeIgnoringHosts.has(url.host);
+    this.rangeIgnoringHosts.add(url.host);
+    this.counters.rangeIgnored++;
+    this.counters.rangeIgnoredBytes += bytesRead;
+    this.emit({ kind: 'range-ignored', operation, host: url.host, firstForHost });
+  }
+
+  /** Records a blob read sent straight to a remembered redirect target. */
+  noteRedirectTargetHit(): void {
+    this.counters.redirectTargetHits++;
+  }
+
+  /** Records that a remembered redirect target was given up (it failed, or its time passed). */
+  noteRedirectTargetDropped(url: URL, operation: string, reason: string): void {
+    this.emit({ kind: 'redirect-target-dropped', operation, url: redactUrl(url), reason });
+  }
+
+  /**
+   * Before retrying after a transient failure: takes a retry from `budget` (false when none is left, the
+   * caller then fails), records it and waits the backoff, or `retryAfterMs` (capped by maxRetryAfterMs) when
+   * given. The wait rejects with the signal's reason when it aborts.
+   */
+  async pauseBeforeRetry(
+    budget: RetryBudget,
+    info: { operation: string; url: URL | string; status?: number; reason: string; retryAfterMs?: number },
+    signal?: AbortSignal,
+  ): Promise<boolean> {
+    if (signal?.aborted) throw signal.reason;
+    if (!budget.take()) return false;
+    const policy = this.retryPolicy;
+    let delayMs: number;
+    if (info.retryAfterMs !== undefined) {
+      delayMs = Math.min(info.retryAfterMs, policy.maxRetryAfterMs);
+    } else {
+      const base = Math.min(policy.maxDelayMs, policy.initialDelayMs * RETRY_BACKOFF_FACTOR ** (budget.used - 1));
+      delayMs = base * (1 - RETRY_JITTER * policy.random());
+    }
+    this.counters.retries++;
+    this.emit({ kind: 'retry', operation: info.operation, url: redactUrl(info.url), status: info.status, reason: info.reason, delayMs, retry: budget.used });
+    await pause(delayMs, signal);
+    return true;
+  }
+
+  /** A RegistryError for a body read that failed (connection cut, body timeout); cut bodies are retryable. */
+  bodyError(err: unknown, operation: string, url: URL): RegistryError {
+    const wrapped = this.networkError(err, operation, url);
+    const code = errorCode(err);
+    if (code === undefined || !TIMEOUT_CODES.has(code)) retryableNetworkErrors.add(wrapped);
+    return wrapped;
   }
 
   private pool(origin: string): Pool {
@@ -219,17 +427,29 @@ export class RegistryClient {
     if (code !== undefined && UNREACHABLE_CODES.has(code)) reason = `registry ${url.host} is unreachable (${code})`;
     else if (code !== undefined && TIMEOUT_CODES.has(code)) reason = `registry ${url.host} timed out (${code})`;
     else reason = `network error talking to ${url.host}: ${err instanceof Error ? err.message : String(err)}`;
-    return new RegistryError({ operation, url, reason }, { cause: err });
+    const wrapped = new RegistryError({ operation, url, reason }, { cause: err });
+    // A timeout already cost its full time: the caller (whose deadline bounds it) decides about another one.
+    if (code === undefined || !TIMEOUT_CODES.has(code)) retryableNetworkErrors.add(wrapped);
+    return wrapped;
   }
 
   /** One HTTP exchange, without auth or redirects. */
-  private async exchange(method: HttpMethod, url: URL, headers: Record<string, string>, body: Buffer | undefined, operation: string): Promise<HttpResponse> {
+  private async exchange(
+    method: HttpMethod,
+    url: URL,
+    headers: Record<string, string>,
+    body: Buffer | undefined,
+    operation: string,
+    signal?: AbortSignal,
+  ): Promise<HttpResponse> {
     const idempotent = method === 'GET' || method === 'HEAD';
     for (let attempt = 0; ; attempt++) {
+      signal?.throwIfAborted();
       try {
-        const res = await this.pool(url.origin).request({ method, path: `${url.pathname}${url.search}`, headers, body });
+        const res = await this.pool(url.origin).request({ method, path: `${url.pathname}${url.search}`, headers, body, ...(signal !== undefined ? { signal } : {}) });
         return { status: res.statusCode, headers: res.headers, body: res.body, url };
       } catch (err) {
+        if (signal?.aborted) throw signal.reason;
         const code = errorCode(err);
         if (idempotent && attempt === 0 && code !== undefined && STALE_SOCKET_CODES.has(code)) continue;
         throw this.networkError(err, operation, url);
@@ -293,9 +513,34 @@ export class RegistryClient {
    * a "needs credentials" error). When an answer refuses auth that was sent (401, or 403 with credentials),
    * the credentials are re-read once (rotation) and the request is tried again; a further refusal is a
    * RegistryAuthError when credentials were used, else the answer is returned. Returns any other answer as
-   * is (the caller checks the status and consumes or discards the body).
+   * is (the caller checks the status and consumes or discards the body). A GET/HEAD (unless `retry` is false)
+   * is tried again within its retry budget after a connection error (not a timeout) or a 408/429/5xx answer
+   * (501/505 excepted), waiting Retry-After on 429/503 (capped) or a jittered backoff; the answer of the last
+   * try is returned. An aborted `signal` rejects with its reason, also during a wait.
    */
   async send(req: HttpRequest): Promise<HttpResponse> {
+    const retrying = req.retry !== false && (req.method === 'GET' || req.method === 'HEAD');
+    const budget = req.retryBudget ?? this.newRetryBudget();
+    for (;;) {
+      let res: HttpResponse;
+      try {
+        res = await this.sendOnce(req);
+      } catch (err) {
+        if (req.signal?.aborted) throw req.signal.reason;
+        if (!retrying || !isRetryableNetworkError(err)) throw err;
+        if (!(await this.pauseBeforeRetry(budget, { operation: req.operation, url: req.url, reason: (err as Error).message }, req.signal))) throw err;
+        continue;
+      }
+      if (!retrying || !isRetryableStatus(res.status) || budget.used >= budget.max) return res;
+      const retryAfterMs = RETRY_AFTER_STATUSES.has(res.status) ? parseRetryAfter(getHeader(res, 'retry-after')) : undefined;
+      await discardBody(res);
+      const info = { operation: req.operation, url: res.url, status: res.status, reason: `HTTP ${res.status}`, ...(retryAfterMs !== undefined ? { retryAfterMs } : {}) };
+      await this.pauseBeforeRetry(budget, info, req.signal);
+    }
+  }
+
+  /** One round of send(): auth and redirects, no retries. */
+  private async sendOnce(req: HttpRequest): Promise<HttpResponse> {
     const origin = req.url.origin;
     const host = req.url.host;
     let url = req.url;
@@ -307,7 +552,7 @@ export class RegistryClient {
     let scopes: string[] = [...(req.scopes ?? [])];
     for (;;) {
       const headers: Record<string, string> = { ...req.headers };
-      const sameOrigin = url.origin === origin;
+      const sameOrigin = req.auth !== false && url.origin === origin;
       let sentAuth = false;
       if (sameOrigin) {
         const token = tokenKey !== undefined ? this.tokens.get(tokenKey) : undefined;
@@ -321,7 +566,7 @@ export class RegistryClient {
           sentAuth = true;
         }
       }
-      const res = await this.exchange(req.method, url, headers, req.body, req.operation);
+      const res = await this.exchange(req.method, url, headers, req.body, req.operation, req.signal);
 
       // A 403 to auth we sent may come from revoked or rotated credentials: worth one refresh too.
       const refused = res.status === 401 || (res.status === 403 && sentAuth && (usedCreds !== undefined || this.credentials !== undefined));
@@ -386,8 +631,12 @@ export class RegistryClient {
         await discardBody(res);
         if (!location) throw new RegistryError({ operation: req.operation, url, status: res.status, reason: 'redirect without a Location' });
         if (++redirects > MAX_REDIRECTS) throw new RegistryError({ operation: req.operation, url, status: res.status, reason: `more than ${MAX_REDIRECTS} redirects` });
+        const from = url;
         url = new URL(location, url);
         if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new RegistryError({ operation: req.operation, url: req.url, reason: 'redirect to a non-HTTP URL' });
+        // Headers (Range included) are rebuilt from req.headers each round; Authorization only for `origin`.
+        this.counters.redirectsFollowed++;
+        this.emit({ kind: 'redirect', operation: req.operation, from: redactUrl(from), to: redactUrl(url), status: res.status });
         continue;
       }
       return res;

@@ -1,5 +1,5 @@
-// Public API of the fetch module: image references, platforms, the registry and OCI layout stores, and
-// openImageStore() choosing between them.
+// Public API of the fetch module: image references, platforms, the registry and OCI layout stores (with the
+// registry client's retry, redirect and stats API), and openImageStore() choosing between them.
 export { openImageStore, type OpenImageStoreOptions } from './open.js';
 export {
   DEFAULT_TAG,
@@ -13,9 +13,38 @@ export {
   type ImageSource,
 } from './reference.js';
 export { formatPlatform, hostPlatform, normalizePlatform, parsePlatform, platformMatchRank, selectManifest } from './platform.js';
-export { RegistryStore, type RegistryStoreOptions, MONOLITHIC_UPLOAD_MAX_BYTES, UPLOAD_CHUNK_BYTES, MAX_FETCH_BLOB_BYTES } from './registry.js';
+export {
+  RegistryStore,
+  type RegistryStoreOptions,
+  type BlobReadOptions,
+  MONOLITHIC_UPLOAD_MAX_BYTES,
+  UPLOAD_CHUNK_BYTES,
+  MAX_FETCH_BLOB_BYTES,
+  REDIRECT_TARGET_TTL_MS,
+  MAX_REDIRECT_TARGETS,
+} from './registry.js';
 export { OciLayoutStore, type OciLayoutStoreOptions, OCI_LAYOUT_VERSION, REF_NAME_ANNOTATION } from './ocilayout.js';
-export { RegistryClient, isLoopbackHost, registryScheme, type RegistryClientOptions, type HttpTimeouts, MAX_AUTH_ROUNDS } from './http.js';
+export {
+  RegistryClient,
+  RetryBudget,
+  isLoopbackHost,
+  registryScheme,
+  parseRetryAfter,
+  isRetryableStatus,
+  type RegistryClientOptions,
+  type RegistryClientStats,
+  type RegistryClientEvent,
+  type RetryPolicy,
+  type HttpTimeouts,
+  MAX_AUTH_ROUNDS,
+  MAX_REDIRECTS,
+  MAX_RETRIES,
+  RETRY_INITIAL_DELAY_MS,
+  RETRY_MAX_DELAY_MS,
+  RETRY_BACKOFF_FACTOR,
+  RETRY_JITTER,
+  MAX_RETRY_AFTER_MS,
+} from './http.js';
 export { RegistryAuthError } from './auth.js';
 export {
   CredentialError,

@@ -200,7 +200,8 @@ export class OciLayoutStore implements ImageStore {
     return verifier;
   }
 
-  async fetchRange(desc: Descriptor, start: number, end: number): Promise<Buffer> {
+  async fetchRange(desc: Descriptor, start: number, end: number, options: { signal?: AbortSignal } = {}): Promise<Buffer> {
+    options.signal?.throwIfAborted();
     checkDescriptor(desc);
     checkRange(desc, start, end);
     const length = end - start;

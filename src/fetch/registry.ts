@@ -1,6 +1,8 @@
 // ImageStore for one repository of an OCI distribution registry: manifest resolution (through indexes by
-// platform), verified blob reads (whole, streamed, byte ranges), and pushes (existence check, cross-repository
-// mount, monolithic or chunked upload with the digest checked before the final PUT, manifests by tag).
+// platform), verified blob reads (whole, streamed, byte ranges; abortable; a cut body retried within the
+// client's retry budget; a blob's redirect target remembered for a while and reused for its later reads),
+// and pushes (existence check, cross-repository mount, monolithic or chunked upload with the digest checked
+// before the final PUT, manifests by tag).
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { pipeline, type Readable } from 'node:stream';
@@ -17,9 +19,12 @@ import {
   RegistryClient,
   registryScheme,
   responseError,
+  isRetryableNetworkError,
   type HttpMethod,
   type HttpResponse,
   type RegistryClientOptions,
+  type RegistryClientStats,
+  type RetryBudget,
 } from './http.js';
 import { bareMediaType, isManifestMediaType, MAX_MANIFEST_BYTES, resolveThroughIndexes } from './manifest.js';
 import { hostPlatform } from './platform.js';
@@ -34,6 +39,23 @@ export const UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024;
 export const MAX_FETCH_BLOB_BYTES = 256 * 1024 * 1024;
 /** Read size when streaming a file into an upload. */
 const FILE_READ_CHUNK_BYTES = 1024 * 1024;
+/** How long a blob's redirect target (e.g. a signed storage URL) is reused before asking the registry again. */
+export const REDIRECT_TARGET_TTL_MS = 5 * 60_000;
+/** Blobs whose redirect target is remembered at most; the oldest is forgotten first. */
+export const MAX_REDIRECT_TARGETS = 1024;
+/** Statuses of a remembered redirect target that make the store ask the registry again (any non-2xx does). */
+const REDIRECT_TARGET_OK: ReadonlySet<number> = new Set([200, 206]);
+
+/** Per-request options of blob reads. */
+export interface BlobReadOptions {
+  /** Aborts the read: its connection is closed at once and the promise rejects with the signal's reason. */
+  signal?: AbortSignal;
+}
+
+interface BlobRequestContext {
+  signal?: AbortSignal | undefined;
+  budget?: RetryBudget;
+}
 
 export interface RegistryStoreOptions extends RegistryClientOptions {
   /** Talk plain HTTP even to a non-loopback host (loopback hosts always use HTTP). */
@@ -48,6 +70,8 @@ export interface RegistryStoreOptions extends RegistryClientOptions {
   uploadChunkBytes?: number;
   /** Override of MAX_FETCH_BLOB_BYTES. */
   maxFetchBlobBytes?: number;
+  /** Override of REDIRECT_TARGET_TTL_MS (0 turns remembering off). */
+  redirectTargetTtlMs?: number;
 }
 
 function appendQuery(url: URL, name: string, value: string): URL {
@@ -118,6 +142,10 @@ export class RegistryStore implements ImageStore {
   private readonly fetchBlobMax: number;
   private readonly pullScopes: readonly string[];
   private readonly pushScopes: readonly string[];
+  private readonly redirectTtlMs: number;
+  private readonly now: () => number;
+  /** Redirect target per blob digest, with the time it stops being used. */
+  private readonly redirectTargets = new Map<string, { url: URL; expires: number }>();
 
   constructor(reference: RegistryReference | string, options: RegistryStoreOptions = {}) {
     this.reference = typeof reference === 'string' ? parseRegistryReference(reference) : reference;
@@ -134,6 +162,18 @@ export class RegistryStore implements ImageStore {
     if (!(this.chunkBytes > 0) || !Number.isSafeInteger(this.chunkBytes)) throw new RangeError('uploadChunkBytes must be a positive integer');
     this.pullScopes = [`repository:${this.reference.repository}:pull`];
     this.pushScopes = [`repository:${this.reference.repository}:pull,push`];
+    this.redirectTtlMs = options.redirectTargetTtlMs ?? REDIRECT_TARGET_TTL_MS;
+    this.now = options.now ?? Date.now;
+  }
+
+  /** Counters of the store's client (shared with other stores when the client is). */
+  get stats(): RegistryClientStats {
+    return this.client.stats;
+  }
+
+  /** The client this store talks through (for its stats and rangeIgnoredHosts). */
+  get registryClient(): RegistryClient {
+    return this.client;
   }
 
   /** Scheme and host the store talks to, e.g. "https://ghcr.io" or "http://127.0.0.1:5000". */
@@ -149,7 +189,16 @@ export class RegistryStore implements ImageStore {
     operation: string,
     method: HttpMethod,
     url: URL,
-    extra: { headers?: Record<string, string>; body?: Buffer; scopes?: readonly string[]; followRedirects?: boolean } = {},
+    extra: {
+      headers?: Record<string, string>;
+      body?: Buffer;
+      scopes?: readonly string[];
+      followRedirects?: boolean;
+      signal?: AbortSignal | undefined;
+      retryBudget?: RetryBudget | undefined;
+      auth?: boolean;
+      retry?: boolean;
+    } = {},
   ): Promise<HttpResponse> {
     return this.client.send({
       operation,
@@ -157,6 +206,10 @@ export class RegistryStore implements ImageStore {
       url,
       headers: extra.headers ?? {},
       ...(extra.body !== undefined ? { body: extra.body } : {}),
+      ...(extra.signal !== undefined ? { signal: extra.signal } : {}),
+      ...(extra.retryBudget !== undefined ? { retryBudget: extra.retryBudget } : {}),
+      ...(extra.auth !== undefined ? { auth: extra.auth } : {}),
+      ...(extra.retry !== undefined ? { retry: extra.retry } : {}),
       scopes: extra.scopes ?? this.pullScopes,
       followRedirects: extra.followRedirects ?? (method === 'GET' || method === 'HEAD'),
     });
@@ -226,30 +279,103 @@ export class RegistryStore implements ImageStore {
     );
   }
 
-  private async getBlob(desc: Descriptor, operation: string, headers: Record<string, string> = {}): Promise<HttpResponse> {
-    return this.send(operation, 'GET', this.url(`/blobs/${desc.digest}`), { headers });
+  private dropRedirectTarget(digest: string, url: URL, operation: string, reason: string): void {
+    this.redirectTargets.delete(digest);
+    this.client.noteRedirectTargetDropped(url, operation, reason);
   }
 
-  async fetchBlob(desc: Descriptor): Promise<Buffer> {
+  /**
+   * GETs a blob: straight from its remembered redirect target while that is fresh and answers 2xx (without
+   * registry auth, without retries: any failure drops it), else through the registry, remembering where a
+   * redirect to another origin led.
+   */
+  private async getBlob(desc: Descriptor, operation: string, headers: Record<string, string> = {}, ctx: BlobRequestContext = {}): Promise<HttpResponse> {
+    const cached = this.redirectTargets.get(desc.digest);
+    if (cached !== undefined && cached.expires <= this.now()) this.dropRedirectTarget(desc.digest, cached.url, operation, 'expired');
+    else if (cached !== undefined) {
+      let res: HttpResponse | undefined;
+      try {
+        res = await this.send(operation, 'GET', cached.url, { headers, signal: ctx.signal, auth: false, retry: false, followRedirects: true });
+      } catch (err) {
+        if (ctx.signal?.aborted) throw ctx.signal.reason;
+        this.dropRedirectTarget(desc.digest, cached.url, operation, (err as Error).message);
+      }
+      if (res !== undefined) {
+        if (REDIRECT_TARGET_OK.has(res.status)) {
+          this.client.noteRedirectTargetHit();
+          return res;
+        }
+        await discardBody(res);
+        this.dropRedirectTarget(desc.digest, cached.url, operation, `HTTP ${res.status}`);
+      }
+    }
+    const url = this.url(`/blobs/${desc.digest}`);
+    const res = await this.send(operation, 'GET', url, { headers, signal: ctx.signal, retryBudget: ctx.budget });
+    if (this.redirectTtlMs > 0 && REDIRECT_TARGET_OK.has(res.status) && res.url.origin !== url.origin) {
+      this.redirectTargets.delete(desc.digest);
+      this.redirectTargets.set(desc.digest, { url: res.url, expires: this.now() + this.redirectTtlMs });
+      while (this.redirectTargets.size > MAX_REDIRECT_TARGETS) {
+        const oldest = this.redirectTargets.keys().next().value;
+        if (oldest === undefined) break;
+        this.redirectTargets.delete(oldest);
+      }
+    }
+    return res;
+  }
+
+  /**
+   * Runs a blob read; when its body is cut (a connection error after the answer began) it is tried again
+   * within the client's retry budget (shared with the requests' own retries).
+   */
+  private async withBodyRetries<T>(operation: string, signal: AbortSignal | undefined, read: (budget: RetryBudget) => Promise<T>): Promise<T> {
+    signal?.throwIfAborted();
+    const budget = this.client.newRetryBudget();
+    for (;;) {
+      try {
+        return await read(budget);
+      } catch (err) {
+        if (signal?.aborted) throw signal.reason;
+        if (!isRetryableNetworkError(err)) throw err;
+        const url = err instanceof RegistryError ? err.url : this.url('');
+        if (!(await this.client.pauseBeforeRetry(budget, { operation, url, reason: (err as Error).message }, signal))) throw err;
+      }
+    }
+  }
+
+  /** Reads an answer body up to `max` bytes; a cut connection becomes a (retryable) RegistryError. */
+  private async readBlobBody(res: HttpResponse, max: number, what: string, operation: string, signal: AbortSignal | undefined): Promise<Buffer> {
+    try {
+      return await readBodyCapped(res.body, max, what);
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      if (err instanceof RangeError) throw err;
+      throw this.client.bodyError(err, operation, res.url);
+    }
+  }
+
+  async fetchBlob(desc: Descriptor, options: BlobReadOptions = {}): Promise<Buffer> {
     checkDescriptor(desc);
+    const signal = options.signal;
     const operation = 'fetch blob';
     if (desc.size > this.fetchBlobMax) throw new RangeError(`${this.displayName}: blob ${desc.digest} has ${desc.size} bytes, more than fetchBlob reads (${this.fetchBlobMax}); stream it with openBlob`);
     if (isManifestMediaType(desc.mediaType) && desc.size <= MAX_MANIFEST_BYTES) {
       return (await this.getManifest(desc.digest, { digest: desc.digest, size: desc.size }, operation)).bytes;
     }
-    const res = await this.getBlob(desc, operation);
-    if (res.status !== 200) throw await responseError(res, operation, 'GET');
-    let bytes: Buffer;
-    try {
-      bytes = await readBodyCapped(res.body, desc.size, 'blob');
-    } catch (err) {
-      if (err instanceof RangeError) {
-        throw new ContentVerificationError(`${operation} ${this.displayName}: ${desc.digest} is longer than its ${desc.size} bytes`, desc.digest, 'size');
+    return this.withBodyRetries(operation, signal, async (budget) => {
+      const res = await this.getBlob(desc, operation, {}, { signal, budget });
+      if (res.status !== 200) throw await responseError(res, operation, 'GET');
+      let bytes: Buffer;
+      try {
+        bytes = await this.readBlobBody(res, desc.size, 'blob', operation, signal);
+      } catch (err) {
+        if (err instanceof RangeError) {
+          throw new ContentVerificationError(`${operation} ${this.displayName}: ${desc.digest} is longer than its ${desc.size} bytes`, desc.digest, 'size');
+        }
+        throw err;
       }
-      throw err;
-    }
-    verifyContent(desc, bytes, `${operation} ${this.displayName}`);
-    return bytes;
+      verifyContent(desc, bytes, `${operation} ${this.displayName}`);
+      return bytes;
+    });
   }
 
   async openBlob(desc: Descriptor): Promise<Readable> {
@@ -264,14 +390,20 @@ export class RegistryStore implements ImageStore {
     return verifier;
   }
 
-  async fetchRange(desc: Descriptor, start: number, end: number): Promise<Buffer> {
+  async fetchRange(desc: Descriptor, start: number, end: number, options: BlobReadOptions = {}): Promise<Buffer> {
     checkDescriptor(desc);
     checkRange(desc, start, end);
     const length = end - start;
     if (length === 0) return Buffer.alloc(0);
     const operation = `fetch range ${start}-${end - 1}`;
+    const signal = options.signal;
+    return this.withBodyRetries(operation, signal, (budget) => this.fetchRangeOnce(desc, start, end, operation, signal, budget));
+  }
+
+  private async fetchRangeOnce(desc: Descriptor, start: number, end: number, operation: string, signal: AbortSignal | undefined, budget: RetryBudget): Promise<Buffer> {
+    const length = end - start;
     const where = `${operation} of ${desc.digest} from ${this.displayName}`;
-    const res = await this.getBlob(desc, operation, { range: `bytes=${start}-${end - 1}` });
+    const res = await this.getBlob(desc, operation, { range: `bytes=${start}-${end - 1}` }, { signal, budget });
     if (res.status === 416) {
       abandonBody(res);
       throw new RegistryError({ operation, url: res.url, status: 416, reason: `range not satisfiable (Content-Range ${getHeader(res, 'content-range') ?? 'absent'})` });
@@ -285,7 +417,7 @@ export class RegistryStore implements ImageStore {
       }
       let bytes: Buffer;
       try {
-        bytes = await readBodyCapped(res.body, length, 'range');
+        bytes = await this.readBlobBody(res, length, 'range', operation, signal);
       } catch (err) {
         if (err instanceof RangeError) throw new ContentVerificationError(`${where}: answer is longer than ${length} bytes`, desc.digest, 'range');
         throw err;
@@ -304,18 +436,25 @@ export class RegistryStore implements ImageStore {
       const out = Buffer.allocUnsafe(length);
       let position = 0;
       let filled = 0;
-      for await (const chunk of res.body) {
-        const data = chunk as Buffer;
-        const chunkStart = position;
-        position += data.length;
-        if (position <= start) continue;
-        const from = Math.max(0, start - chunkStart);
-        const take = Math.min(data.length - from, length - filled);
-        data.copy(out, filled, from, from + take);
-        filled += take;
-        if (filled === length) break;
+      try {
+        for await (const chunk of res.body) {
+          const data = chunk as Buffer;
+          const chunkStart = position;
+          position += data.length;
+          if (position <= start) continue;
+          const from = Math.max(0, start - chunkStart);
+          const take = Math.min(data.length - from, length - filled);
+          data.copy(out, filled, from, from + take);
+          filled += take;
+          if (filled === length) break;
+        }
+      } catch (err) {
+        if (signal?.aborted) throw signal.reason;
+        throw this.client.bodyError(err, operation, res.url);
+      } finally {
+        cutBody(res.body);
+        this.client.noteRangeIgnored(res.url, operation, position);
       }
-      cutBody(res.body);
       if (filled !== length) throw new ContentVerificationError(`${where}: blob ended after ${position} bytes`, desc.digest, 'range');
       return out;
     }

@@ -25,8 +25,11 @@ export interface ImageStore {
   /** Streams a whole blob; the stream errors (instead of ending) if the digest or size does not match. */
   openBlob(desc: Descriptor): Promise<Readable>;
 
-  /** Reads blob bytes [start, end) exactly; fails if the store returns anything else. */
-  fetchRange(desc: Descriptor, start: number, end: number): Promise<Buffer>;
+  /**
+   * Reads blob bytes [start, end) exactly; fails if the store returns anything else. An aborted `signal`
+   * ends the read at once (freeing its connection) and rejects with the signal's reason.
+   */
+  fetchRange(desc: Descriptor, start: number, end: number, options?: { signal?: AbortSignal }): Promise<Buffer>;
 
   /** Whether the blob already exists at the destination (so a push can skip it). */
   hasBlob(desc: Descriptor): Promise<boolean>;

@@ -175,9 +175,9 @@ function messageOf(err: unknown): string {
 }
 
 /**
- * A RangeFetcher over an ImageStore's fetchRange for one layer. ImageStore.fetchRange takes no AbortSignal
- * yet, so an abandoned request runs to its own (HTTP client) timeout; the layer's deadline still holds.
+ * A RangeFetcher over an ImageStore's fetchRange for one layer; the attempt's AbortSignal is passed on, so an
+ * abandoned request (timeout, deadline, close) frees its connection at once.
  */
 export function rangeFetcherFromStore(store: Pick<ImageStore, 'fetchRange'>, desc: Descriptor): RangeFetcher {
-  return (start, end) => store.fetchRange(desc, start, end);
+  return (start, end, signal) => store.fetchRange(desc, start, end, { signal });
 }
