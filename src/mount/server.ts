@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { createMemoryChunkCache, openDiskChunkCache, openWholeLayerCache } from '../cache/index.js';
 import type { DiskChunkCache, MemoryChunkCache } from '../cache/index.js';
 import { parseSeekableAnnotations, SeekableFormatError } from '../chunktable/index.js';
-import { openImageStore } from '../fetch/index.js';
+import { openImageStore, RegistryStore } from '../fetch/index.js';
+import type { RegistryClientEvent } from '../fetch/index.js';
 import { LayerFilesystem } from '../fuse/index.js';
 import type { ImageStore } from '../oci/store.js';
 import type { Descriptor, ImageConfig, Platform } from '../oci/types.js';
@@ -58,6 +59,20 @@ interface OpenedLayer {
   /** Counters of a layer fetched whole. */
   staticStats?: LayerStats;
   file: string;
+}
+
+/** One log line per registry client event: why reads are slow (retries, redirects, ignored ranges). */
+function describeRegistryEvent(e: RegistryClientEvent): string {
+  switch (e.kind) {
+    case 'retry':
+      return `retry ${e.retry} of ${e.operation} ${e.url} in ${Math.round(e.delayMs)} ms: ${e.reason}`;
+    case 'redirect':
+      return `${e.operation}: followed ${e.status} redirect from ${e.from} to ${e.to}`;
+    case 'redirect-target-dropped':
+      return `${e.operation}: dropped remembered redirect target ${e.url}: ${e.reason}`;
+    case 'range-ignored':
+      return `${e.operation}: ${e.host} ignored the Range header and sent the whole blob${e.firstForHost ? ' (first time for this host)' : ''}`;
+  }
 }
 
 function fuseFileName(digest: string): string {
@@ -113,7 +128,10 @@ export class MountServer {
     const store = openImageStore(options.reference, {
       plainHttp: options.plainHttp,
       platform: options.platform,
-      registry: { timeouts: { connectMs: options.mountTimeoutMs, headersMs: options.mountTimeoutMs } },
+      registry: {
+        timeouts: { connectMs: options.mountTimeoutMs, headersMs: options.mountTimeoutMs },
+        onEvent: (event) => options.log(`registry: ${describeRegistryEvent(event)}`),
+      },
     });
     let fuse: LayerFilesystem | undefined;
     try {
@@ -214,6 +232,7 @@ export class MountServer {
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
       layers,
       total: summarize(layers),
+      registry: this.store instanceof RegistryStore ? { ...this.store.stats } : undefined,
       memoryCache: { bytes: this.memory.size, maxBytes: this.memory.maxSize },
       diskCache: { root: this.disk.root, maxBytes: this.disk.maxBytes, corruptEntries: this.disk.corruptEntries },
     };

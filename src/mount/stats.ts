@@ -2,6 +2,7 @@
 // process over HTTP on a unix socket in its private directory, and read by `erofs-lazy stats`.
 import { createServer, request } from 'node:http';
 import type { Server } from 'node:http';
+import type { RegistryClientStats } from '../fetch/index.js';
 import { rm } from 'node:fs/promises';
 import { zeroReadCounters } from '../reader/types.js';
 import type { LayerStats, ReadCounters } from '../reader/types.js';
@@ -23,6 +24,8 @@ export interface MountStats {
     /** bytesFetched over the blob sizes of the lazy layers. */
     fractionFetched: number;
   };
+  /** Registry client counters (retries, redirects, ignored ranges); absent for an OCI layout. */
+  registry?: RegistryClientStats;
   memoryCache: { bytes: number; maxBytes: number };
   diskCache: { root: string; maxBytes: number; corruptEntries: number };
 }

@@ -14,6 +14,7 @@ import { buildImageFromDirs, pseudoRandomBytes } from '../../src/sample/build.js
 import { MEDIA_TYPE } from '../../src/oci/types.js';
 import { runCli } from '../helpers/cli.js';
 import { applyLayersOci, writeTestLayers } from '../helpers/images.js';
+import { startFaultProxy } from '../helpers/faultproxy.js';
 import { startRegistry } from '../helpers/registry.js';
 import type { TestRegistry } from '../helpers/registry.js';
 import { tempDir } from '../helpers/tmp.js';
@@ -341,6 +342,52 @@ describe('erofs-lazy mount', () => {
     assert.match(s.layers[1]!.notLazyReason ?? '', /media type/);
     const log = await readFile(join(m.stateDir, 'logs', (await readdir(join(m.stateDir, 'logs')))[0]!), 'utf8');
     assert.match(log, /is not lazy/);
+    await m.umount();
+  });
+
+  test('through a faulty registry link a lazy mount returns exactly the right bytes or EIO, never wrong bytes', async (t) => {
+    const proxy = await startFaultProxy({ upstream: registry.host });
+    t.after(() => proxy.close());
+    const blobs = /\/v2\/.+\/blobs\//;
+    const ref = `${proxy.host}/mount/big:erofs`;
+    const m = await mountImage(t, ref, ['--read-timeout', String(FAULT_READ_TIMEOUT_S)]);
+    const big = pseudoRandomBytes(BIG_FILE_SIZE, 'mount-big');
+    const fh = await open(join(m.mountpoint, 'big.bin'), 'r');
+    t.after(() => fh.close().catch(() => undefined));
+    // Each positioned read touches a new chunk of big.bin, so each one is a new blob request.
+    const readAt = async (mib: number): Promise<void> => {
+      const buf = Buffer.alloc(4096);
+      const { bytesRead } = await fh.read(buf, 0, buf.length, mib * 1024 * 1024);
+      assert.equal(bytesRead, buf.length);
+      assert.ok(buf.equals(big.subarray(mib * 1024 * 1024, mib * 1024 * 1024 + 4096)), `bytes at ${mib} MiB`);
+    };
+    // Transient faults the client rides out: a cut body, 503 with Retry-After, 500.
+    proxy.setFaults([
+      { kind: 'drop-mid-body', path: blobs, afterBytes: 1000, count: 1 },
+      { kind: 'status', status: 503, headers: { 'retry-after': '1' }, path: blobs, count: 1 },
+      { kind: 'status', status: 500, path: blobs, count: 1 },
+    ]);
+    for (const mib of [10, 30, 50]) await readAt(mib);
+    const s1 = await m.stats();
+    assert.ok((s1.registry?.retries ?? 0) >= 2, JSON.stringify(s1.registry));
+    // Flipped bytes on every blob read: EIO, counted, and nothing wrong is ever returned.
+    proxy.setFaults([{ kind: 'flip-bytes', path: blobs }]);
+    await assert.rejects(readAt(70), (err: NodeJS.ErrnoException) => err.code === 'EIO');
+    assert.ok((await m.stats()).total.verificationFailures >= 1);
+    proxy.clearFaults();
+    let recovered = false;
+    for (const started = Date.now(); !recovered && Date.now() - started < RECOVERY_WAIT_S * 1000; ) {
+      recovered = await readAt(70).then(() => true, () => false);
+    }
+    assert.ok(recovered, 'reads recover once the link is clean');
+    // A redirect to blob storage: followed, and the rest of the file comes through the remembered target.
+    proxy.setFaults([{ kind: 'redirect', path: blobs, count: 1 }]);
+    await readAt(90);
+    assert.equal(sha256(await readFile(join(m.mountpoint, 'big.bin'))), bigFiles.get('big.bin'));
+    const s2 = await m.stats();
+    assert.ok((s2.registry?.redirectsFollowed ?? 0) >= 1, JSON.stringify(s2.registry));
+    assert.equal(proxy.storage.authorizationHeadersSeen, 0);
+    await fh.close();
     await m.umount();
   });
 
