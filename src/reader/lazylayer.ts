@@ -148,6 +148,8 @@ export class LazyLayer implements LayerFileSource {
   readonly #integrityRetries: number;
   /** Single flight: the chunks being obtained (disk or network) right now, shared by every read. */
   readonly #inflight = new Map<number, Deferred>();
+  /** End offset of the latest read, for sequential detection (none yet: never sequential). */
+  #lastReadEnd = Number.POSITIVE_INFINITY;
   /** Chunks found locally or fetched at least once (for fractionFetched). */
   readonly #present: Uint8Array;
   #presentCount = 0;
@@ -229,6 +231,10 @@ export class LazyLayer implements LayerFileSource {
     if (this.#closer.signal.aborted) throw this.#closer.signal.reason;
     const slices = mapImageRange(this.table, offset, length, 'clamp');
     if (slices.length === 0) return Buffer.alloc(0);
+    // A read that continues where a recent one ended (within one chunk) is a sequential reader and gets
+    // read-ahead; a first touch of a region, such as one small file, fetches just the chunks it needs.
+    const sequential = offset >= this.#lastReadEnd && offset - this.#lastReadEnd <= this.table.chunkSize;
+    this.#lastReadEnd = offset + length;
     const chunks: Array<Buffer | Promise<Buffer>> = [];
     const owned: Flights = new Map();
     let waiting = false;
@@ -252,7 +258,7 @@ export class LazyLayer implements LayerFileSource {
     if (!waiting) {
       data = chunks as Buffer[];
     } else {
-      if (owned.size > 0) ignoreRejection(this.#obtain(owned, 'demand'));
+      if (owned.size > 0) ignoreRejection(this.#obtain(owned, 'demand', false, sequential));
       const deadline = new Deadline(
         this.readDeadlineMs,
         () =>
@@ -431,7 +437,7 @@ export class LazyLayer implements LayerFileSource {
    * Obtains the chunks whose flights this call owns (already registered): disk first, then the registry, with
    * its own deadline so every flight settles even when no read waits for it any more.
    */
-  async #obtain(flights: Flights, priority: RequestPriority, skipDisk = false): Promise<void> {
+  async #obtain(flights: Flights, priority: RequestPriority, skipDisk = false, sequential = false): Promise<void> {
     const owned = [...flights.keys()];
     const deadline = new Deadline(
       this.readDeadlineMs,
@@ -456,7 +462,7 @@ export class LazyLayer implements LayerFileSource {
         });
       }
       if (missing.length === 0) return;
-      const extra = priority === 'demand' ? await this.#readaheadCandidates(missing, deadline) : [];
+      const extra = sequential ? await this.#readaheadCandidates(missing, deadline) : [];
       const runs = groupFrameRuns(this.table, [...missing, ...extra], { maxGapBytes: this.#maxGapBytes, maxRequestBytes: this.#maxRequestBytes });
       const extraSet = new Set(extra);
       const wanted = runs.filter((run) => run.indices.some((index) => !extraSet.has(index)));
@@ -476,10 +482,6 @@ export class LazyLayer implements LayerFileSource {
   /** Chunks after the last missing one that are worth fetching in the same request (see DEFAULT_READAHEAD_CHUNKS). */
   async #readaheadCandidates(missing: number[], deadline: Deadline): Promise<number[]> {
     if (this.#readahead === 0) return [];
-    // Only a reader moving forward (the chunk before the first miss is already here) gets read-ahead: a first
-    // touch of a region, such as one small file, fetches just what it needs.
-    const first = Math.min(...missing);
-    if (first === 0 || (!this.#fromMemory(first - 1, false) && !this.#inflight.has(first - 1))) return [];
     const last = Math.max(...missing);
     const candidates: number[] = [];
     for (let index = last + 1; index <= last + this.#readahead && index < this.table.chunkCount; index++) {
