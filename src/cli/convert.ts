@@ -5,7 +5,7 @@ import type { ConvertProgress } from '../convert/image.js';
 import { DEFAULT_CHUNK_SIZE } from '../chunktable/index.js';
 import { DEFAULT_VERITY_BLOCK_SIZE } from '../verity/dmverity.js';
 import { openImageStore } from '../fetch/index.js';
-import { platformOption, withImageAccess } from './common.js';
+import { imageStoreOptions, platformOption, withImageAccess } from './common.js';
 import { formatBytes, printJson, ProgressLine, shortDigest } from './output.js';
 
 const PHASE_TEXT: Record<ConvertProgress['phase'], string> = {
@@ -31,8 +31,8 @@ export function registerConvert(y: Argv): Argv {
         .option('json', { type: 'boolean', default: false, describe: 'print the new manifest digest and layer sizes as JSON' }),
     async (args) => {
       const platform = platformOption(args.platform);
-      const source = openImageStore(args.source, { plainHttp: args['plain-http'], platform });
-      const destination = openImageStore(args.destination, { plainHttp: args['plain-http'], platform });
+      const source = openImageStore(args.source, imageStoreOptions(args));
+      const destination = openImageStore(args.destination, imageStoreOptions(args));
       const progress = new ProgressLine();
       try {
         const result = await convertImage(source, destination, {

@@ -6,7 +6,7 @@ import { openImageStore } from '../fetch/index.js';
 import type { ImageStore } from '../oci/store.js';
 import { MEDIA_TYPE } from '../oci/types.js';
 import type { Descriptor, Platform } from '../oci/types.js';
-import { platformOption, withImageAccess } from './common.js';
+import { imageStoreOptions, platformOption, withImageAccess } from './common.js';
 import { formatBytes, oneLineError, printJson } from './output.js';
 
 export interface ChunkTableSummary {
@@ -127,7 +127,7 @@ export function registerInspect(y: Argv): Argv {
         .option('json', { type: 'boolean', default: false, describe: 'print a JSON report' }),
     async (args) => {
       const platform = platformOption(args.platform);
-      const store = openImageStore(args.reference, { plainHttp: args['plain-http'], platform });
+      const store = openImageStore(args.reference, imageStoreOptions(args));
       try {
         const report = await inspectImage(store, platform);
         if (args.json) printJson(report);

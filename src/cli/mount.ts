@@ -10,7 +10,7 @@ import { fetchStats } from '../mount/stats.js';
 import type { MountStats } from '../mount/stats.js';
 import { DEFAULT_STATE_DIR, listMounts, mountDirFor, readState } from '../mount/state.js';
 import { teardownMount } from '../mount/teardown.js';
-import { platformOption, withImageAccess } from './common.js';
+import { hostsDirOption, platformOption, withImageAccess } from './common.js';
 import { oneLineError, printJson, formatBytes, shortDigest } from './output.js';
 
 const LOGS_SUBDIR = 'logs';
@@ -66,6 +66,7 @@ export function registerMount(y: Argv): Argv {
             mountpoint,
             platform: platformOption(args.platform),
             plainHttp: args['plain-http'],
+            hostsDir: hostsDirOption(args['hosts-dir']),
             cacheDir: resolve(args['cache-dir']),
             cacheMaxBytes: args['cache-max-bytes'],
             memoryCacheBytes: args['memory-cache-bytes'],
@@ -168,7 +169,7 @@ function printStats(s: MountStats): void {
   for (const r of rows) lines.push(r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd());
   if (s.registry) {
     const r = s.registry;
-    lines.push(`registry client: retries ${r.retries}, redirects followed ${r.redirectsFollowed}, redirect-target hits ${r.redirectTargetHits}, range ignored ${r.rangeIgnored} times`);
+    lines.push(`registry client: retries ${r.retries}, redirects followed ${r.redirectsFollowed}, redirect-target hits ${r.redirectTargetHits}, mirror fallbacks ${r.endpointFallbacks}, range ignored ${r.rangeIgnored} times`);
   }
   lines.push(`read errors ${t.readErrors}, verification failures ${t.verificationFailures}, retries ${t.retries}; memory cache ${formatBytes(s.memoryCache.bytes)} of ${formatBytes(s.memoryCache.maxBytes)}; disk cache ${s.diskCache.root} (corrupt entries discarded: ${s.diskCache.corruptEntries})`);
   process.stdout.write(`${lines.join('\n')}\n`);

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import type { Argv } from 'yargs';
 import { openImageStore } from '../fetch/index.js';
 import { buildImageFromDirs, writeSampleLayers } from '../sample/build.js';
-import { withImageAccess } from './common.js';
+import { imageStoreOptions, withImageAccess } from './common.js';
 
 export function registerSample(y: Argv): Argv {
   return y.command(
@@ -14,7 +14,7 @@ export function registerSample(y: Argv): Argv {
     'push the embedded sample image (tar+gzip layers) to a registry reference or oci:DIR[:TAG]',
     (c) => withImageAccess(c).positional('destination', { type: 'string', demandOption: true }),
     async (args) => {
-      const store = openImageStore(args.destination, { plainHttp: args['plain-http'] });
+      const store = openImageStore(args.destination, imageStoreOptions(args));
       const work = await mkdtemp(join(tmpdir(), 'erofs-lazy-sample-'));
       try {
         const dirs = await writeSampleLayers(work);

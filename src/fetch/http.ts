@@ -4,7 +4,8 @@
 // for blob reads (Authorization only to the registry's own origin), bounded retries of idempotent requests
 // (Retry-After on 429/503, backoff with jitter on 5xx/408 and connection errors), AbortSignal support,
 // counters and events (retries, redirects, registries ignoring Range), and errors that name the host but no
-// secrets.
+// secrets. A request may carry endpoint settings (hosts.toml): TLS options (own pool per origin and TLS
+// configuration) and extra headers, both applied to the request's own origin only.
 import { isIP } from 'node:net';
 import type { Readable } from 'node:stream';
 import { Pool } from 'undici';
@@ -75,6 +76,8 @@ export interface RegistryClientStats {
   redirectTargetHits: number;
   /** Range requests answered with the whole blob (200). */
   rangeIgnored: number;
+  /** Requests given up on one endpoint (a hosts.toml mirror) for the next. */
+  endpointFallbacks: number;
   /** Bytes read from such whole-blob answers before they were cut. */
   rangeIgnoredBytes: number;
 }
@@ -182,6 +185,25 @@ export interface HttpRequest {
   retryBudget?: RetryBudget;
   /** Send registry auth and answer 401 challenges (default true); false for a remembered storage URL. */
   auth?: boolean;
+  /** Settings of the request's origin (a hosts.toml endpoint); not applied to redirect targets on other origins. */
+  endpoint?: EndpointSettings;
+}
+
+/** TLS options of one endpoint, as given to the undici connector. */
+export interface EndpointTls {
+  ca?: string[];
+  cert?: string[];
+  key?: string[];
+  rejectUnauthorized: boolean;
+  /** Identifies the configuration: requests with equal origin and id share a connection pool. */
+  id: string;
+}
+
+/** Per-endpoint settings of a request. */
+export interface EndpointSettings {
+  tls?: EndpointTls | undefined;
+  /** Extra headers (hosts.toml `header`), sent to the endpoint's origin only. */
+  headers?: Readonly<Record<string, string>>;
 }
 
 export interface HttpResponse {
@@ -299,7 +321,7 @@ export class RegistryClient {
   private readonly bearerChallenges = new Map<string, AuthChallenge>();
   readonly timeouts: HttpTimeouts;
   readonly retryPolicy: RetryPolicy;
-  private readonly counters: RegistryClientStats = { retries: 0, redirectsFollowed: 0, redirectTargetHits: 0, rangeIgnored: 0, rangeIgnoredBytes: 0 };
+  private readonly counters: RegistryClientStats = { retries: 0, redirectsFollowed: 0, redirectTargetHits: 0, rangeIgnored: 0, rangeIgnoredBytes: 0, endpointFallbacks: 0 };
   /** Hosts seen answering a Range request with the whole blob. */
   private readonly rangeIgnoringHosts = new Set<string>();
   private readonly onEvent: ((event: RegistryClientEvent) => void) | undefined;
@@ -361,6 +383,11 @@ export class RegistryClient {
     this.emit({ kind: 'range-ignored', operation, host: url.host, firstForHost });
   }
 
+  /** Records a request given up on an endpoint (mirror) for the next one. */
+  noteEndpointFallback(): void {
+    this.counters.endpointFallbacks++;
+  }
+
   /** Records a blob read sent straight to a remembered redirect target. */
   noteRedirectTargetHit(): void {
     this.counters.redirectTargetHits++;
@@ -405,18 +432,26 @@ export class RegistryClient {
     return wrapped;
   }
 
-  private pool(origin: string): Pool {
+  private pool(origin: string, tls?: EndpointTls): Pool {
     if (this.closed) throw new Error('registry client is closed');
-    let pool = this.pools.get(origin);
+    const key = tls === undefined ? origin : `${origin} ${tls.id}`;
+    let pool = this.pools.get(key);
     if (!pool) {
+      const connect = {
+        timeout: this.timeouts.connectMs,
+        rejectUnauthorized: tls?.rejectUnauthorized ?? true,
+        ...(tls?.ca !== undefined ? { ca: tls.ca } : {}),
+        ...(tls?.cert !== undefined ? { cert: tls.cert } : {}),
+        ...(tls?.key !== undefined ? { key: tls.key } : {}),
+      };
       pool = new Pool(origin, {
         connections: this.maxConnections,
         keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
         headersTimeout: this.timeouts.headersMs,
         bodyTimeout: this.timeouts.bodyMs,
-        connect: { timeout: this.timeouts.connectMs, rejectUnauthorized: true },
+        connect,
       });
-      this.pools.set(origin, pool);
+      this.pools.set(key, pool);
     }
     return pool;
   }
@@ -441,12 +476,13 @@ export class RegistryClient {
     body: Buffer | undefined,
     operation: string,
     signal?: AbortSignal,
+    tls?: EndpointTls,
   ): Promise<HttpResponse> {
     const idempotent = method === 'GET' || method === 'HEAD';
     for (let attempt = 0; ; attempt++) {
       signal?.throwIfAborted();
       try {
-        const res = await this.pool(url.origin).request({ method, path: `${url.pathname}${url.search}`, headers, body, ...(signal !== undefined ? { signal } : {}) });
+        const res = await this.pool(url.origin, tls).request({ method, path: `${url.pathname}${url.search}`, headers, body, ...(signal !== undefined ? { signal } : {}) });
         return { status: res.statusCode, headers: res.headers, body: res.body, url };
       } catch (err) {
         if (signal?.aborted) throw signal.reason;
@@ -472,7 +508,7 @@ export class RegistryClient {
    * a GET with Basic auth with username/password, an anonymous GET otherwise. A refusal of credentials
    * is a RegistryAuthError.
    */
-  private async requestToken(realm: URL, operation: string, host: string, creds: RegistryCredentials | undefined): Promise<unknown> {
+  private async requestToken(realm: URL, operation: string, host: string, creds: RegistryCredentials | undefined, tls?: EndpointTls): Promise<unknown> {
     const tokenOperation = `${operation} (token)`;
     let res: HttpResponse;
     if (creds?.identityToken !== undefined) {
@@ -486,11 +522,11 @@ export class RegistryClient {
       if (scopes.length > 0) form.set('scope', scopes.join(' '));
       const target = new URL(realm.href);
       target.search = '';
-      res = await this.exchange('POST', target, { accept: 'application/json', 'content-type': 'application/x-www-form-urlencoded' }, Buffer.from(form.toString(), 'utf8'), tokenOperation);
+      res = await this.exchange('POST', target, { accept: 'application/json', 'content-type': 'application/x-www-form-urlencoded' }, Buffer.from(form.toString(), 'utf8'), tokenOperation, undefined, tls);
     } else {
       const headers: Record<string, string> = { accept: 'application/json' };
       if (hasPassword(creds)) headers['authorization'] = basicAuthorization(creds.username ?? '', creds.password ?? '');
-      res = await this.exchange('GET', realm, headers, undefined, tokenOperation);
+      res = await this.exchange('GET', realm, headers, undefined, tokenOperation, undefined, tls);
     }
     if (creds !== undefined && (res.status === 401 || res.status === 403)) {
       await discardBody(res);
@@ -551,7 +587,8 @@ export class RegistryClient {
     let tokenKey = req.scopes ? TokenCache.key(host, req.scopes) : undefined;
     let scopes: string[] = [...(req.scopes ?? [])];
     for (;;) {
-      const headers: Record<string, string> = { ...req.headers };
+      const endpointHeaders = url.origin === origin ? req.endpoint?.headers : undefined;
+      const headers: Record<string, string> = { ...endpointHeaders, ...req.headers };
       const sameOrigin = req.auth !== false && url.origin === origin;
       let sentAuth = false;
       if (sameOrigin) {
@@ -566,7 +603,7 @@ export class RegistryClient {
           sentAuth = true;
         }
       }
-      const res = await this.exchange(req.method, url, headers, req.body, req.operation, req.signal);
+      const res = await this.exchange(req.method, url, headers, req.body, req.operation, req.signal, url.origin === origin ? req.endpoint?.tls : undefined);
 
       // A 403 to auth we sent may come from revoked or rotated credentials: worth one refresh too.
       const refused = res.status === 401 || (res.status === 403 && sentAuth && (usedCreds !== undefined || this.credentials !== undefined));
@@ -596,7 +633,7 @@ export class RegistryClient {
           const creds = await this.lookupCredentials(host, req.operation, url);
           if (creds !== undefined) usedCreds = creds;
           try {
-            await this.tokens.obtain(tokenKey, bearer, scopes, (realm) => this.requestToken(realm, req.operation, host, creds));
+            await this.tokens.obtain(tokenKey, bearer, scopes, (realm) => this.requestToken(realm, req.operation, host, creds, realm.origin === origin ? req.endpoint?.tls : undefined));
           } catch (err) {
             if (err instanceof RegistryError) throw err;
             throw new RegistryError({ operation: req.operation, url, status: 401, reason: (err as Error).message }, { cause: err });

@@ -1,5 +1,6 @@
 // Public API of the fetch module: image references, platforms, the registry and OCI layout stores (with the
-// registry client's retry, redirect and stats API), and openImageStore() choosing between them.
+// registry client's retry, redirect and stats API), containerd-style hosts.toml endpoints (mirrors, TLS), and
+// openImageStore() choosing between them.
 export { openImageStore, type OpenImageStoreOptions } from './open.js';
 export {
   DEFAULT_TAG,
@@ -23,6 +24,23 @@ export {
   REDIRECT_TARGET_TTL_MS,
   MAX_REDIRECT_TARGETS,
 } from './registry.js';
+export {
+  API_PATH,
+  DEFAULT_CAPABILITIES,
+  DEFAULT_HOST_DIR_NAME,
+  DEFAULT_HOSTS_DIR,
+  HOSTS_FILE_NAME,
+  HostsConfigError,
+  defaultEndpoint,
+  loadRegistryEndpoints,
+  parseHostsToml,
+  readEndpointTls,
+  type EndpointTlsConfig,
+  type EndpointTlsMaterial,
+  type HostCapability,
+  type LoadHostsOptions,
+  type RegistryEndpoint,
+} from './hosts.js';
 export { OciLayoutStore, type OciLayoutStoreOptions, OCI_LAYOUT_VERSION, REF_NAME_ANNOTATION } from './ocilayout.js';
 export {
   RegistryClient,
@@ -36,6 +54,8 @@ export {
   type RegistryClientEvent,
   type RetryPolicy,
   type HttpTimeouts,
+  type EndpointSettings,
+  type EndpointTls,
   MAX_AUTH_ROUNDS,
   MAX_REDIRECTS,
   MAX_RETRIES,

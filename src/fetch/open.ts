@@ -1,6 +1,7 @@
 // Entry point for callers: turns a source string into an ImageStore, an OCI layout for `oci:DIR[:TAG]` and a
 // registry repository for anything else. Registry stores get credentials from the docker config
-// (DockerCredentialStore) unless the caller gives others or none.
+// (DockerCredentialStore) unless the caller gives others or none, and mirrors and per-endpoint TLS from a
+// containerd-style hosts directory when one is given.
 import type { ImageStore } from '../oci/store.js';
 import type { Platform } from '../oci/types.js';
 import { DockerCredentialStore, type CredentialProvider } from './credentials.js';
@@ -24,6 +25,11 @@ export interface OpenImageStoreOptions {
    * `client` is given (the client has its own).
    */
   credentials?: CredentialProvider | 'none';
+  /**
+   * containerd-style hosts directory (e.g. DEFAULT_HOSTS_DIR, /etc/containerd/certs.d): mirrors, TLS and
+   * headers per registry from `<dir>/<registry>/hosts.toml` or `<dir>/_default/hosts.toml`. None by default.
+   */
+  hostsDir?: string;
 }
 
 /** Opens `oci:DIR[:TAG]` as an OCI image layout, anything else as a registry reference. */
@@ -35,6 +41,7 @@ export function openImageStore(ref: string, options: OpenImageStoreOptions = {})
   const registryOptions: RegistryStoreOptions = { ...options.registry };
   if (options.plainHttp !== undefined) registryOptions.plainHttp = options.plainHttp;
   if (options.platform !== undefined) registryOptions.platform = options.platform;
+  if (options.hostsDir !== undefined) registryOptions.hostsDir = options.hostsDir;
   if (options.client !== undefined) registryOptions.client = options.client;
   else if (options.credentials !== 'none') registryOptions.credentials = options.credentials ?? new DockerCredentialStore();
   return new RegistryStore(source, registryOptions);

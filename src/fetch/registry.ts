@@ -2,7 +2,10 @@
 // platform), verified blob reads (whole, streamed, byte ranges; abortable; a cut body retried within the
 // client's retry budget; a blob's redirect target remembered for a while and reused for its later reads),
 // and pushes (existence check, cross-repository mount, monolithic or chunked upload with the digest checked
-// before the final PUT, manifests by tag).
+// before the final PUT, manifests by tag). Requests go to the endpoints of a containerd-style hosts.toml in
+// order (mirrors, then the server; by capability: "resolve" for manifests, "pull" for blobs, the first
+// "push" endpoint for pushes), falling back from a mirror to the next endpoint on network errors, 5xx, 404
+// and the like.
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { pipeline, type Readable } from 'node:stream';
@@ -17,7 +20,6 @@ import {
   getHeader,
   readBodyCapped,
   RegistryClient,
-  registryScheme,
   responseError,
   isRetryableNetworkError,
   type HttpMethod,
@@ -25,7 +27,9 @@ import {
   type RegistryClientOptions,
   type RegistryClientStats,
   type RetryBudget,
+  type EndpointSettings,
 } from './http.js';
+import { loadRegistryEndpoints, readEndpointTls, type HostCapability, type RegistryEndpoint } from './hosts.js';
 import { bareMediaType, isManifestMediaType, MAX_MANIFEST_BYTES, resolveThroughIndexes } from './manifest.js';
 import { hostPlatform } from './platform.js';
 import { parseRegistryReference, type RegistryReference } from './reference.js';
@@ -72,6 +76,25 @@ export interface RegistryStoreOptions extends RegistryClientOptions {
   maxFetchBlobBytes?: number;
   /** Override of REDIRECT_TARGET_TTL_MS (0 turns remembering off). */
   redirectTargetTtlMs?: number;
+  /**
+   * containerd-style hosts directory (`<dir>/<registry>/hosts.toml`, `<dir>/_default/hosts.toml`) giving
+   * mirrors and per-endpoint TLS; a missing directory or file means "the registry only". Ignored when
+   * `endpoints` is given.
+   */
+  hostsDir?: string;
+  /** Endpoints to use in order (e.g. from loadRegistryEndpoints); default: from hostsDir, else the registry. */
+  endpoints?: readonly RegistryEndpoint[];
+}
+
+/** Statuses of a mirror (any endpoint but the last) after which the next endpoint is tried. */
+const MIRROR_FALLBACK_STATUSES: ReadonlySet<number> = new Set([401, 403, 404, 408, 429]);
+
+/** An endpoint with its TLS material read. */
+interface ActiveEndpoint {
+  config: RegistryEndpoint;
+  settings: EndpointSettings;
+  /** Append `?ns=<registry>` (a mirror on another host). */
+  ns: boolean;
 }
 
 function appendQuery(url: URL, name: string, value: string): URL {
@@ -136,6 +159,7 @@ export class RegistryStore implements ImageStore {
   private readonly client: RegistryClient;
   private readonly ownsClient: boolean;
   private readonly baseUrl: string;
+  private readonly endpoints: readonly ActiveEndpoint[];
   private readonly platform: Platform;
   private readonly monolithicMax: number;
   private readonly chunkBytes: number;
@@ -154,7 +178,24 @@ export class RegistryStore implements ImageStore {
     this.ownsClient = options.client === undefined;
     this.client = options.client ?? new RegistryClient(options);
     const host = this.reference.apiHost;
-    this.baseUrl = `${registryScheme(host, options.plainHttp)}://${host}/v2/${this.reference.repository}`;
+    const configs =
+      options.endpoints ??
+      loadRegistryEndpoints(options.hostsDir, this.reference.registry, {
+        apiHost: host,
+        ...(options.plainHttp !== undefined ? { plainHttp: options.plainHttp } : {}),
+      });
+    if (configs.length === 0) throw new RangeError(`${this.displayName}: no registry endpoints`);
+    this.endpoints = configs.map((config) => {
+      const tls = readEndpointTls(config);
+      const endpointHost = new URL(config.origin).host;
+      return {
+        config,
+        settings: { ...(tls !== undefined ? { tls } : {}), headers: config.headers },
+        ns: config.mirror && endpointHost !== this.reference.registry && endpointHost !== host,
+      };
+    });
+    const server = this.endpoints[this.endpoints.length - 1]!.config;
+    this.baseUrl = `${server.origin}${server.apiRoot}/${this.reference.repository}`;
     this.platform = options.platform ?? hostPlatform();
     this.monolithicMax = options.monolithicUploadMaxBytes ?? MONOLITHIC_UPLOAD_MAX_BYTES;
     this.chunkBytes = options.uploadChunkBytes ?? UPLOAD_CHUNK_BYTES;
@@ -185,6 +226,69 @@ export class RegistryStore implements ImageStore {
     return new URL(`${this.baseUrl}${path}`);
   }
 
+  /** The endpoints the store uses, in order (mirrors first, the server last). */
+  get registryEndpoints(): readonly RegistryEndpoint[] {
+    return this.endpoints.map((e) => e.config);
+  }
+
+  private endpointUrl(endpoint: ActiveEndpoint, path: string): URL {
+    const url = new URL(`${endpoint.config.origin}${endpoint.config.apiRoot}/${this.reference.repository}${path}`);
+    return endpoint.ns ? appendQuery(url, 'ns', this.reference.registry) : url;
+  }
+
+  private endpointsFor(capability: HostCapability, operation: string): ActiveEndpoint[] {
+    const usable = this.endpoints.filter((e) => e.config.capabilities.has(capability));
+    if (usable.length === 0) {
+      throw new RegistryError({ operation, url: this.url(''), reason: `no endpoint of ${this.reference.registry} has the "${capability}" capability (hosts.toml)` });
+    }
+    return usable;
+  }
+
+  /** The endpoint pushes go to: the first with the "push" capability (no fallback, as containerd). */
+  private pushEndpoint(operation: string): ActiveEndpoint {
+    return this.endpointsFor('push', operation)[0]!;
+  }
+
+  /** Settings of the push endpoint for a URL it handed out (upload locations), if on its origin. */
+  private pushSettingsFor(url: URL, operation: string): EndpointSettings | undefined {
+    const endpoint = this.pushEndpoint(operation);
+    return url.origin === endpoint.config.origin ? endpoint.settings : undefined;
+  }
+
+  /**
+   * Sends a request for `path` (below /v2/<repository>) to the endpoints with `capability` in order. Every
+   * endpoint but the last is tried without retries and given up for the next one on a network error (or any
+   * RegistryError, auth included), a 5xx, or 401/403/404/408/429; the last endpoint's answer or error is the
+   * result. Returns the answer and the URL asked.
+   */
+  private async sendVia(
+    capability: HostCapability,
+    operation: string,
+    method: HttpMethod,
+    path: string,
+    extra: Parameters<RegistryStore['send']>[3] = {},
+  ): Promise<{ res: HttpResponse; url: URL }> {
+    const endpoints = this.endpointsFor(capability, operation);
+    for (let i = 0; ; i++) {
+      const endpoint = endpoints[i]!;
+      const last = i === endpoints.length - 1;
+      const url = this.endpointUrl(endpoint, path);
+      const request = { ...extra, endpoint: endpoint.settings, ...(last ? {} : { retry: false }) };
+      let res: HttpResponse;
+      try {
+        res = await this.send(operation, method, url, request);
+      } catch (err) {
+        if (extra.signal?.aborted) throw extra.signal.reason;
+        if (last || !(err instanceof RegistryError)) throw err;
+        this.client.noteEndpointFallback();
+        continue;
+      }
+      if (last || !(res.status >= 500 || MIRROR_FALLBACK_STATUSES.has(res.status))) return { res, url };
+      await discardBody(res);
+      this.client.noteEndpointFallback();
+    }
+  }
+
   private async send(
     operation: string,
     method: HttpMethod,
@@ -198,6 +302,7 @@ export class RegistryStore implements ImageStore {
       retryBudget?: RetryBudget | undefined;
       auth?: boolean;
       retry?: boolean;
+      endpoint?: EndpointSettings | undefined;
     } = {},
   ): Promise<HttpResponse> {
     return this.client.send({
@@ -210,6 +315,7 @@ export class RegistryStore implements ImageStore {
       ...(extra.retryBudget !== undefined ? { retryBudget: extra.retryBudget } : {}),
       ...(extra.auth !== undefined ? { auth: extra.auth } : {}),
       ...(extra.retry !== undefined ? { retry: extra.retry } : {}),
+      ...(extra.endpoint !== undefined ? { endpoint: extra.endpoint } : {}),
       scopes: extra.scopes ?? this.pullScopes,
       followRedirects: extra.followRedirects ?? (method === 'GET' || method === 'HEAD'),
     });
@@ -220,8 +326,9 @@ export class RegistryStore implements ImageStore {
     target: string,
     expected: { digest: string; size?: number } | undefined,
     operation: string,
+    capability: HostCapability,
   ): Promise<{ bytes: Buffer; digest: string; contentType: string | undefined }> {
-    const res = await this.send(operation, 'GET', this.url(`/manifests/${target}`), { headers: { accept: MANIFEST_MEDIA_TYPES.join(', ') } });
+    const { res } = await this.sendVia(capability, operation, 'GET', `/manifests/${target}`, { headers: { accept: MANIFEST_MEDIA_TYPES.join(', ') } });
     if (res.status !== 200) throw await responseError(res, operation, 'GET');
     const declared = Number(getHeader(res, 'content-length') ?? NaN);
     if (declared > MAX_MANIFEST_BYTES) {
@@ -265,7 +372,7 @@ export class RegistryStore implements ImageStore {
     const operation = 'resolve manifest';
     const target = ref.digest ?? ref.tag;
     if (target === undefined) throw new ImageReferenceError(`${this.displayName}: reference has neither tag nor digest`);
-    const top = await this.getManifest(target, ref.digest !== undefined ? { digest: ref.digest } : undefined, operation);
+    const top = await this.getManifest(target, ref.digest !== undefined ? { digest: ref.digest } : undefined, operation, 'resolve');
     const descriptor: Descriptor = { mediaType: top.contentType ?? '', digest: top.digest, size: top.bytes.length };
     return resolveThroughIndexes(
       descriptor,
@@ -273,7 +380,7 @@ export class RegistryStore implements ImageStore {
       options.platform ?? this.platform,
       async (child) => {
         checkDescriptor(child);
-        return (await this.getManifest(child.digest, { digest: child.digest, size: child.size }, operation)).bytes;
+        return (await this.getManifest(child.digest, { digest: child.digest, size: child.size }, operation, 'resolve')).bytes;
       },
       this.displayName,
     );
@@ -309,8 +416,7 @@ export class RegistryStore implements ImageStore {
         this.dropRedirectTarget(desc.digest, cached.url, operation, `HTTP ${res.status}`);
       }
     }
-    const url = this.url(`/blobs/${desc.digest}`);
-    const res = await this.send(operation, 'GET', url, { headers, signal: ctx.signal, retryBudget: ctx.budget });
+    const { res, url } = await this.sendVia('pull', operation, 'GET', `/blobs/${desc.digest}`, { headers, signal: ctx.signal, retryBudget: ctx.budget });
     if (this.redirectTtlMs > 0 && REDIRECT_TARGET_OK.has(res.status) && res.url.origin !== url.origin) {
       this.redirectTargets.delete(desc.digest);
       this.redirectTargets.set(desc.digest, { url: res.url, expires: this.now() + this.redirectTtlMs });
@@ -359,7 +465,7 @@ export class RegistryStore implements ImageStore {
     const operation = 'fetch blob';
     if (desc.size > this.fetchBlobMax) throw new RangeError(`${this.displayName}: blob ${desc.digest} has ${desc.size} bytes, more than fetchBlob reads (${this.fetchBlobMax}); stream it with openBlob`);
     if (isManifestMediaType(desc.mediaType) && desc.size <= MAX_MANIFEST_BYTES) {
-      return (await this.getManifest(desc.digest, { digest: desc.digest, size: desc.size }, operation)).bytes;
+      return (await this.getManifest(desc.digest, { digest: desc.digest, size: desc.size }, operation, 'pull')).bytes;
     }
     return this.withBodyRetries(operation, signal, async (budget) => {
       const res = await this.getBlob(desc, operation, {}, { signal, budget });
@@ -382,7 +488,7 @@ export class RegistryStore implements ImageStore {
     checkDescriptor(desc);
     const operation = 'open blob';
     const res = isManifestMediaType(desc.mediaType)
-      ? await this.send(operation, 'GET', this.url(`/manifests/${desc.digest}`), { headers: { accept: MANIFEST_MEDIA_TYPES.join(', ') } })
+      ? (await this.sendVia('pull', operation, 'GET', `/manifests/${desc.digest}`, { headers: { accept: MANIFEST_MEDIA_TYPES.join(', ') } })).res
       : await this.getBlob(desc, operation);
     if (res.status !== 200) throw await responseError(res, operation, 'GET');
     const verifier = new VerifyingStream(desc, `${operation} ${this.displayName}`);
@@ -465,7 +571,10 @@ export class RegistryStore implements ImageStore {
     const operation = 'check blob';
     const path = isManifestMediaType(desc.mediaType) ? `/manifests/${desc.digest}` : `/blobs/${desc.digest}`;
     const headers: Record<string, string> = isManifestMediaType(desc.mediaType) ? { accept: MANIFEST_MEDIA_TYPES.join(', ') } : {};
-    const res = await this.send(operation, 'HEAD', this.url(path), { headers, scopes });
+    const res =
+      scopes === this.pushScopes
+        ? await this.sendOnPushEndpoint(operation, 'HEAD', path, { headers, scopes })
+        : (await this.sendVia('pull', operation, 'HEAD', path, { headers, scopes })).res;
     await discardBody(res);
     if (res.status === 404) return false;
     if (res.status !== 200) throw await responseError(res, operation, 'HEAD');
@@ -496,9 +605,11 @@ export class RegistryStore implements ImageStore {
     }
     if (source.registry !== this.reference.registry || source.repository === this.reference.repository) return { mounted: false, location: undefined };
     const operation = 'mount blob';
-    let url = appendQuery(this.url('/blobs/uploads/'), 'mount', desc.digest);
+    const endpoint = this.pushEndpoint(operation);
+    let url = appendQuery(this.endpointUrl(endpoint, '/blobs/uploads/'), 'mount', desc.digest);
     url = appendQuery(url, 'from', source.repository);
     const res = await this.send(operation, 'POST', url, {
+      endpoint: endpoint.settings,
       body: Buffer.alloc(0),
       scopes: [...this.pushScopes, `repository:${source.repository}:pull`],
     });
@@ -529,7 +640,7 @@ export class RegistryStore implements ImageStore {
 
   private async startUpload(): Promise<URL> {
     const operation = 'start upload';
-    const res = await this.send(operation, 'POST', this.url('/blobs/uploads/'), { body: Buffer.alloc(0), scopes: this.pushScopes });
+    const res = await this.sendOnPushEndpoint(operation, 'POST', '/blobs/uploads/', { body: Buffer.alloc(0), scopes: this.pushScopes });
     if (res.status !== 202) throw await responseError(res, operation, 'POST');
     await discardBody(res);
     return this.uploadLocation(res, operation);
@@ -538,6 +649,7 @@ export class RegistryStore implements ImageStore {
   private async finishUpload(location: URL, desc: Descriptor, body: Buffer): Promise<void> {
     const operation = 'finish upload';
     const res = await this.send(operation, 'PUT', appendQuery(location, 'digest', desc.digest), {
+      endpoint: this.pushSettingsFor(location, operation),
       headers: { 'content-type': 'application/octet-stream' },
       body,
       scopes: this.pushScopes,
@@ -558,6 +670,7 @@ export class RegistryStore implements ImageStore {
       if (offset + piece.length > desc.size) throw new ContentVerificationError(`${where}: content is longer than the descriptor's ${desc.size} bytes`, desc.digest, 'size');
       hash.update(piece);
       const res = await this.send(operation, 'PATCH', upload.location, {
+        endpoint: this.pushSettingsFor(upload.location, operation),
         headers: { 'content-type': 'application/octet-stream', 'content-range': `${offset}-${offset + piece.length - 1}` },
         body: piece,
         scopes: this.pushScopes,
@@ -575,7 +688,7 @@ export class RegistryStore implements ImageStore {
 
   private async cancelUpload(location: URL): Promise<void> {
     try {
-      const res = await this.send('cancel upload', 'DELETE', location, { scopes: this.pushScopes, followRedirects: false });
+      const res = await this.send('cancel upload', 'DELETE', location, { endpoint: this.pushSettingsFor(location, 'cancel upload'), scopes: this.pushScopes, followRedirects: false });
       await discardBody(res);
     } catch {
       // Best effort: the registry expires abandoned uploads on its own.
@@ -630,7 +743,7 @@ export class RegistryStore implements ImageStore {
 
   private async putManifest(mediaType: string, bytes: Buffer, target: string, digest: string): Promise<void> {
     const operation = 'push manifest';
-    const res = await this.send(operation, 'PUT', this.url(`/manifests/${target}`), {
+    const res = await this.sendOnPushEndpoint(operation, 'PUT', `/manifests/${target}`, {
       headers: { 'content-type': mediaType },
       body: bytes,
       scopes: this.pushScopes,
@@ -639,6 +752,11 @@ export class RegistryStore implements ImageStore {
     if (res.status !== 201) throw await responseError(res, operation, 'PUT');
     await discardBody(res);
     this.checkAnnouncedDigest(res, digest, operation);
+  }
+
+  private sendOnPushEndpoint(operation: string, method: HttpMethod, path: string, extra: Parameters<RegistryStore['send']>[3] = {}): Promise<HttpResponse> {
+    const endpoint = this.pushEndpoint(operation);
+    return this.send(operation, method, this.endpointUrl(endpoint, path), { ...extra, endpoint: endpoint.settings });
   }
 
   async close(): Promise<void> {

@@ -40,6 +40,8 @@ export interface MountOptions {
   mountpoint: string;
   platform?: Platform;
   plainHttp: boolean;
+  /** containerd-style hosts directory (mirrors, TLS), if any. */
+  hostsDir?: string;
   cacheDir: string;
   cacheMaxBytes: number;
   memoryCacheBytes: number;
@@ -128,6 +130,7 @@ export class MountServer {
     const store = openImageStore(options.reference, {
       plainHttp: options.plainHttp,
       platform: options.platform,
+      hostsDir: options.hostsDir,
       registry: {
         timeouts: { connectMs: options.mountTimeoutMs, headersMs: options.mountTimeoutMs },
         onEvent: (event) => options.log(`registry: ${describeRegistryEvent(event)}`),

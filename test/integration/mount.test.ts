@@ -391,6 +391,22 @@ describe('erofs-lazy mount', () => {
     await m.umount();
   });
 
+  test('--hosts-dir: a mount pulls through the mirror named in hosts.toml', async (t) => {
+    const mirror = await startFaultProxy({ upstream: registry.host });
+    t.after(() => mirror.close());
+    const hostsDir = await tempDir(t);
+    await mkdir(join(hostsDir, registry.host));
+    await writeFile(
+      join(hostsDir, registry.host, 'hosts.toml'),
+      `server = "http://${registry.host}"\n\n[host."http://${mirror.host}"]\n  capabilities = ["pull", "resolve"]\n`,
+    );
+    const m = await mountImage(t, smallRef, ['--hosts-dir', hostsDir]);
+    assert.equal(await readFile(join(m.mountpoint, 'etc/config'), 'utf8'), 'key=value\n');
+    assert.ok(mirror.log.some((r) => r.url.includes('/manifests/')), 'manifest resolved through the mirror');
+    assert.ok(mirror.log.some((r) => r.url.includes('/blobs/') && r.range), 'chunks fetched through the mirror');
+    await m.umount();
+  });
+
   test('an unreachable registry fails the mount quickly with a clear one-line error', async (t) => {
     const base = await tempDir(t);
     const started = Date.now();
