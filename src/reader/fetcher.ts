@@ -54,15 +54,18 @@ export function backoffDelay(retry: number, policy: RetryPolicy): number {
 }
 
 /** One attempt: a slot, a timeout, the fetch raced against both the timeout and the deadline. */
-async function attempt(
-  fetch: RangeFetcher,
-  site: FetchSite,
-  policy: RetryPolicy,
-  deadline: Deadline,
-  semaphore: RequestSemaphore,
-  priority: RequestPriority,
-  hooks: FetchHooks,
-): Promise<Buffer> {
+/** Everything one range fetch needs, passed down from fetchRangeWithRetry to its attempts. */
+interface RangeFetchJob {
+  fetch: RangeFetcher;
+  site: FetchSite;
+  policy: RetryPolicy;
+  deadline: Deadline;
+  semaphore: RequestSemaphore;
+  priority: RequestPriority;
+  hooks: FetchHooks;
+}
+
+async function attempt({ fetch, site, policy, deadline, semaphore, priority, hooks }: RangeFetchJob): Promise<Buffer> {
   const release = await semaphore.acquire(priority, deadline.signal);
   const controller = new AbortController();
   const timeoutMs = Math.max(1, Math.min(policy.requestTimeoutMs, Math.ceil(deadline.remaining())));
@@ -102,10 +105,11 @@ export async function fetchRangeWithRetry(
   hooks: FetchHooks,
   health?: RegistryHealth,
 ): Promise<Buffer> {
-  if (!health) return fetchWithRetries(fetch, site, policy, deadline, semaphore, priority, hooks, false);
+  const job: RangeFetchJob = { fetch, site, policy, deadline, semaphore, priority, hooks };
+  if (!health) return fetchWithRetries(job, false);
   const admission = await health.admit(describeSite(site), deadline.signal);
   try {
-    const bytes = await fetchWithRetries(fetch, site, policy, deadline, semaphore, priority, hooks, admission === 'probe');
+    const bytes = await fetchWithRetries(job, admission === 'probe');
     health.markUp();
     return bytes;
   } catch (err) {
@@ -117,16 +121,8 @@ export async function fetchRangeWithRetry(
   }
 }
 
-async function fetchWithRetries(
-  fetch: RangeFetcher,
-  site: FetchSite,
-  policy: RetryPolicy,
-  deadline: Deadline,
-  semaphore: RequestSemaphore,
-  priority: RequestPriority,
-  hooks: FetchHooks,
-  singleAttempt: boolean,
-): Promise<Buffer> {
+async function fetchWithRetries(job: RangeFetchJob, singleAttempt: boolean): Promise<Buffer> {
+  const { site, deadline, hooks } = job;
   let attempts = 0;
   let lastError: unknown;
   const expired = (): Error => {
@@ -144,7 +140,7 @@ async function fetchWithRetries(
   for (let retry = 0; ; retry++) {
     try {
       attempts++;
-      return await attempt(fetch, site, policy, deadline, semaphore, priority, hooks);
+      return await attempt(job);
     } catch (err) {
       if (deadline.expired) {
         // The deadline (or a close) ended the attempt; keep the attempt's own error if it was a real one.
@@ -159,7 +155,7 @@ async function fetchWithRetries(
       if (!isTransientFetchError(err) || singleAttempt) {
         throw new ChunkFetchError(`${describeSite(site)}: fetch failed: ${messageOf(err)}`, site, attempts, isTransientFetchError(err), { cause: err });
       }
-      const delay = backoffDelay(retry, policy);
+      const delay = backoffDelay(retry, job.policy);
       try {
         await sleep(delay, deadline.signal);
       } catch {
