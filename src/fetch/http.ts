@@ -78,6 +78,8 @@ export interface RegistryClientStats {
   rangeIgnored: number;
   /** Requests given up on one endpoint (a hosts.toml mirror) for the next. */
   endpointFallbacks: number;
+  /** Requests whose credentials or token were refused and renewed (expired tokens, rotated credentials). */
+  authRefreshes: number;
   /** Bytes read from such whole-blob answers before they were cut. */
   rangeIgnoredBytes: number;
 }
@@ -87,7 +89,8 @@ export type RegistryClientEvent =
   | { kind: 'retry'; operation: string; url: string; status: number | undefined; reason: string; delayMs: number; retry: number }
   | { kind: 'redirect'; operation: string; from: string; to: string; status: number }
   | { kind: 'redirect-target-dropped'; operation: string; url: string; reason: string }
-  | { kind: 'range-ignored'; operation: string; host: string; firstForHost: boolean };
+  | { kind: 'range-ignored'; operation: string; host: string; firstForHost: boolean }
+  | { kind: 'auth-refresh'; operation: string; host: string; status: number; credentialsReread: boolean };
 
 /** Retries left for one logical request; shared by its HTTP exchanges and body reads so the total stays bounded. */
 export class RetryBudget {
@@ -321,7 +324,7 @@ export class RegistryClient {
   private readonly bearerChallenges = new Map<string, AuthChallenge>();
   readonly timeouts: HttpTimeouts;
   readonly retryPolicy: RetryPolicy;
-  private readonly counters: RegistryClientStats = { retries: 0, redirectsFollowed: 0, redirectTargetHits: 0, rangeIgnored: 0, rangeIgnoredBytes: 0, endpointFallbacks: 0 };
+  private readonly counters: RegistryClientStats = { retries: 0, redirectsFollowed: 0, redirectTargetHits: 0, rangeIgnored: 0, rangeIgnoredBytes: 0, endpointFallbacks: 0, authRefreshes: 0 };
   /** Hosts seen answering a Range request with the whole blob. */
   private readonly rangeIgnoringHosts = new Set<string>();
   private readonly onEvent: ((event: RegistryClientEvent) => void) | undefined;
@@ -381,6 +384,12 @@ export class RegistryClient {
     this.counters.rangeIgnored++;
     this.counters.rangeIgnoredBytes += bytesRead;
     this.emit({ kind: 'range-ignored', operation, host: url.host, firstForHost });
+  }
+
+  /** Records auth that was sent and refused, and is being renewed (a new token, or re-read credentials). */
+  noteAuthRefresh(host: string, operation: string, status: number, credentialsReread: boolean): void {
+    this.counters.authRefreshes++;
+    this.emit({ kind: 'auth-refresh', operation, host, status, credentialsReread });
   }
 
   /** Records a request given up on an endpoint (mirror) for the next one. */
@@ -621,6 +630,7 @@ export class RegistryClient {
           this.credentials?.refresh();
           this.basicAuth.delete(host);
         }
+        if (sentAuth) this.noteAuthRefresh(host, req.operation, res.status, canRefresh);
         const challenges = parseAuthChallenges(res.headers['www-authenticate']);
         const bearer = challenges.find((c) => c.scheme === 'bearer') ?? (res.status === 403 ? this.bearerChallenges.get(host) : undefined);
         if (bearer) {

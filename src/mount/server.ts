@@ -72,6 +72,8 @@ function describeRegistryEvent(e: RegistryClientEvent): string {
       return `${e.operation}: followed ${e.status} redirect from ${e.from} to ${e.to}`;
     case 'redirect-target-dropped':
       return `${e.operation}: dropped remembered redirect target ${e.url}: ${e.reason}`;
+    case 'auth-refresh':
+      return `${e.operation}: ${e.host} refused our authorization (${e.status}); renewing it${e.credentialsReread ? ' with re-read credentials' : ''}`;
     case 'range-ignored':
       return `${e.operation}: ${e.host} ignored the Range header and sent the whole blob${e.firstForHost ? ' (first time for this host)' : ''}`;
   }

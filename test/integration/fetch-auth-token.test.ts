@@ -15,6 +15,7 @@ import { after, before, describe, test } from 'node:test';
 import { RegistryAuthError } from '../../src/fetch/auth.js';
 import { StaticCredentials } from '../../src/fetch/credentials.js';
 import { openImageStore } from '../../src/fetch/open.js';
+import type { RegistryStore } from '../../src/fetch/registry.js';
 import { MEDIA_TYPE, type Descriptor } from '../../src/oci/types.js';
 import { sha256Digest } from '../../src/util/digest.js';
 import { REPO_ROOT } from '../helpers/registry.js';
@@ -174,6 +175,7 @@ describe('registry with token auth', () => {
       await new Promise((resolve) => setTimeout(resolve, 3_500));
       assert.deepEqual(await store.fetchRange(layer, 100, 200), layerData.subarray(100, 200));
       assert.equal(issuer.requests.length, 2, 'one new token after the registry refused the expired one');
+      assert.equal((store as RegistryStore).stats.authRefreshes, 1, 'the renewal is counted for stats');
     } finally {
       issuer.jwtLifetime = 300;
       await store.close();
