@@ -4,12 +4,10 @@
 // (the baseline), through a cold lazy mount, and through a lazy mount with a warm disk cache; and the
 // bytes fetched for one small-file read. Medians over several runs and ratios against the baseline.
 import { execFile, execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
 import { decodeLayerBlob } from '../chunktable/index.js';
 import { openImageStore } from '../fetch/index.js';
@@ -112,7 +110,7 @@ export async function runMountBench(options: MountBenchOptions): Promise<MountBe
     } finally {
       await run('umount', [localMnt]);
     }
-    const imageBytes = (await readFile(rawPath)).length;
+    const imageBytes = (await stat(rawPath)).size;
     await rm(rawPath, { force: true });
 
     const stateDir = join(work, 'state');
@@ -178,11 +176,4 @@ export async function runMountBench(options: MountBenchOptions): Promise<MountBe
     await run(join(options.repoRoot, 'scripts/registry'), ['stop', '--dir', registryDir]).catch(() => undefined);
     await rm(work, { recursive: true, force: true });
   }
-}
-
-/** sha256 of a file, hex (used to check the bench reads). */
-export async function sha256OfFile(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  await pipeline(createReadStream(path), hash);
-  return hash.digest('hex');
 }

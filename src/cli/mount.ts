@@ -1,5 +1,5 @@
 // `erofs-lazy mount REF MOUNTPOINT`, `erofs-lazy umount MOUNTPOINT|--all` and `erofs-lazy stats MOUNTPOINT`.
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Argv } from 'yargs';
 import { DEFAULT_CACHE_DIR, DEFAULT_DISK_CACHE_MAX_BYTES, DEFAULT_MEMORY_CACHE_BYTES } from '../cache/index.js';
@@ -173,9 +173,4 @@ function printStats(s: MountStats): void {
   }
   lines.push(`read errors ${t.readErrors}, verification failures ${t.verificationFailures}, retries ${t.retries}; memory cache ${formatBytes(s.memoryCache.bytes)} of ${formatBytes(s.memoryCache.maxBytes)}; disk cache ${s.diskCache.root} (corrupt entries discarded: ${s.diskCache.corruptEntries})`);
   process.stdout.write(`${lines.join('\n')}\n`);
-}
-
-/** Reads a mount's log (for tests and for error messages). */
-export async function readMountLog(stateDir: string, mountpoint: string): Promise<string> {
-  return readFile(logPathFor(stateDir, mountpoint), 'utf8').catch(() => '');
 }

@@ -1,13 +1,13 @@
 // Developer benchmark (not imported by the library): verifies and decodes 4 MiB chunk frames inline on the
 // main thread and through the worker DecodePool, and prints throughput and event-loop delay (what FUSE
-// requests would wait) for each. Run after building: node dist/src/reader/decodebench.js [chunks] [rounds]
+// requests would wait) for each. Run after building: node dist/src/bench/decodebench.js [chunks] [rounds]
 import { createHash, randomBytes } from 'node:crypto';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import zstd from 'zstd-napi/binding.js';
 import { parseChunkTable, serializeChunkTable, HASH_ALGO_SHA512 } from '../chunktable/table.js';
 import type { ChunkTable } from '../chunktable/table.js';
-import { DecodePool, InlineDecoder } from './decodepool.js';
-import type { ChunkDecoder } from './decodepool.js';
+import { DecodePool, InlineDecoder } from '../reader/decodepool.js';
+import type { ChunkDecoder } from '../reader/decodepool.js';
 
 /** The spec's default chunk size. */
 const BENCH_CHUNK_SIZE = 4 * 1024 * 1024;
