@@ -12,6 +12,7 @@ import type { Descriptor, ImageConfig, ImageManifest, Platform } from '../oci/ty
 import type { ImageStore } from '../oci/store.js';
 import { sha256Digest } from '../util/digest.js';
 import { layerToErofs } from './layer.js';
+import { LAYER_TAR_MEDIA_TYPES } from './layertar.js';
 
 /** How each source layer was treated. */
 export type LayerAction = 'kept' | 'converted-tar' | 'reencoded-erofs';
@@ -52,13 +53,6 @@ export interface ConvertResult {
   layers: ConvertedLayer[];
 }
 
-const TAR_LAYER_TYPES: ReadonlySet<string> = new Set([
-  MEDIA_TYPE.ociLayerTar,
-  MEDIA_TYPE.ociLayerTarGzip,
-  MEDIA_TYPE.ociLayerTarZstd,
-  MEDIA_TYPE.dockerLayerTar,
-  MEDIA_TYPE.dockerLayerTarGzip,
-]);
 
 /** The fixed UUID of dm-verity superblocks written by convert, so that conversions are reproducible. */
 function verityUuidFor(layerDigest: string): Buffer {
@@ -148,7 +142,7 @@ async function convertLayer(
   const blobPath = `${work}.blob`;
   let action: LayerAction;
   progress('fetch-and-build');
-  if (TAR_LAYER_TYPES.has(layer.mediaType)) {
+  if (LAYER_TAR_MEDIA_TYPES.has(layer.mediaType)) {
     await layerToErofs(await source.openBlob(layer), layer.mediaType, rawPath, { layerDigest: layer.digest, workDir: `${work}.staging` });
     action = 'converted-tar';
   } else if (layer.mediaType === MEDIA_TYPE.erofsZstd || layer.mediaType === MEDIA_TYPE.erofs) {

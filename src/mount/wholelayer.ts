@@ -1,30 +1,16 @@
 // Layers that cannot be read lazily (tar, tar+gzip, tar+zstd, raw EROFS, EROFS as one plain zstd stream,
 // or a seekable table without per-chunk hashes) are fetched whole into the layer cache, as a raw EROFS
 // image: decoded for EROFS layers, converted with mkfs.erofs for tar layers.
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { decodeLayerBlob } from '../chunktable/index.js';
 import type { WholeLayerCache } from '../cache/index.js';
 import { layerToErofs } from '../convert/layer.js';
+import { LAYER_TAR_MEDIA_TYPES } from '../convert/layertar.js';
 import type { ImageStore } from '../oci/store.js';
 import { MEDIA_TYPE } from '../oci/types.js';
 import type { Descriptor } from '../oci/types.js';
-
-const TAR_MEDIA_TYPES: ReadonlySet<string> = new Set([
-  MEDIA_TYPE.ociLayerTar,
-  MEDIA_TYPE.ociLayerTarGzip,
-  MEDIA_TYPE.ociLayerTarZstd,
-  MEDIA_TYPE.dockerLayerTar,
-  MEDIA_TYPE.dockerLayerTarGzip,
-]);
-
-async function sha256File(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return `sha256:${hash.digest('hex')}`;
-}
+import { sha256FileDigest } from '../util/digest.js';
 
 /** Returns the path of the layer's raw EROFS image in the cache, fetching and building it if needed. */
 export async function fetchWholeLayer(
@@ -37,7 +23,7 @@ export async function fetchWholeLayer(
   if (cached) return { path: cached, fetched: false };
   const tmp = cache.tempPath(layer.digest);
   try {
-    if (TAR_MEDIA_TYPES.has(layer.mediaType)) {
+    if (LAYER_TAR_MEDIA_TYPES.has(layer.mediaType)) {
       await layerToErofs(await store.openBlob(layer), layer.mediaType, tmp, {
         layerDigest: layer.digest,
         workDir: `${dirname(tmp)}/.tmp-staging-${process.pid}-${Date.now()}`,
@@ -47,7 +33,7 @@ export async function fetchWholeLayer(
     } else {
       throw new Error(`layer ${layer.digest}: media type ${layer.mediaType} cannot be mounted`);
     }
-    const digest = await sha256File(tmp);
+    const digest = await sha256FileDigest(tmp);
     return { path: await cache.commit(layer.digest, tmp, digest), fetched: true };
   } finally {
     await rm(tmp, { force: true });

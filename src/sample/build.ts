@@ -3,14 +3,14 @@
 // (`.wh.NAME`, `.wh..wh..opq`) exactly as a Docker-built image would.
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, createReadStream, openSync } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
 import { chmod, copyFile, lutimes, mkdir, mkdtemp, readdir, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ImageStore } from '../oci/store.js';
 import { MEDIA_TYPE } from '../oci/types.js';
 import type { Descriptor, ImageConfig, ImageManifest, Platform } from '../oci/types.js';
-import { sha256Digest } from '../util/digest.js';
+import { sha256Digest, sha256FileDigest } from '../util/digest.js';
 
 /** GNU tar arguments for a layer: pax format (xattrs, long names, sub-second mtimes), numeric owners, sorted. */
 const TAR_ARGS = ['--xattrs', '--xattrs-include=*', '--numeric-owner', '--format=pax', '--sort=name', '-c', '-f', '-'];
@@ -33,12 +33,6 @@ async function run(cmd: string, args: string[], stdoutPath?: string): Promise<vo
   }
 }
 
-async function hashFile(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return `sha256:${hash.digest('hex')}`;
-}
-
 export interface BuildImageOptions {
   platform?: Platform;
   /** Container command written into the config. */
@@ -58,10 +52,10 @@ export async function buildImageFromDirs(store: ImageStore, layerDirs: string[],
       await run('tar', [...TAR_ARGS, '-C', dir, '.'], tarPath);
       const gzPath = `${tarPath}.gz`;
       await run('gzip', ['-n', '-6', '-c', tarPath], gzPath);
-      diffIds.push(await hashFile(tarPath));
+      diffIds.push(await sha256FileDigest(tarPath));
       const desc: Descriptor = {
         mediaType: MEDIA_TYPE.ociLayerTarGzip,
-        digest: await hashFile(gzPath),
+        digest: await sha256FileDigest(gzPath),
         size: (await stat(gzPath)).size,
       };
       await store.pushBlob(desc, { path: gzPath });

@@ -1,5 +1,6 @@
 // Digest strings ("algorithm:hex") and the hashes behind them.
 import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 
 const DIGEST_PATTERN = /^(sha256|sha512):([0-9a-f]+)$/;
 const HEX_LENGTH: Record<string, number> = { sha256: 64, sha512: 128 };
@@ -28,4 +29,11 @@ export function sha256Digest(data: Uint8Array): string {
 
 export function sha512Digest(data: Uint8Array): string {
   return `sha512:${createHash('sha512').update(data).digest('hex')}`;
+}
+
+/** "sha256:<hex>" of a file's content, streamed. */
+export async function sha256FileDigest(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return `sha256:${hash.digest('hex')}`;
 }
