@@ -7,7 +7,9 @@ import { registerConvert } from './convert.js';
 import { registerInspect } from './inspect.js';
 import { registerLogin } from './login.js';
 import { registerMount } from './mount.js';
+import { registerRpull } from './rpull.js';
 import { registerSample } from './sample.js';
+import { registerServe } from './serve.js';
 import { oneLineError } from './output.js';
 
 export const EXIT_FAILURE = 1;
@@ -30,6 +32,8 @@ function buildParser(argv: string[]): Argv {
   parser = registerSample(parser);
   parser = registerBench(parser);
   parser = registerLogin(parser);
+  parser = registerServe(parser);
+  parser = registerRpull(parser);
   return parser;
 }
 
