@@ -3,7 +3,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Argv } from 'yargs';
 import { DEFAULT_CACHE_DIR, DEFAULT_DISK_CACHE_MAX_BYTES, DEFAULT_MEMORY_CACHE_BYTES } from '../cache/index.js';
-import { DEFAULT_READ_DEADLINE_MS } from '../reader/index.js';
+import { DEFAULT_MAX_GAP_BYTES, DEFAULT_READ_DEADLINE_MS } from '../reader/index.js';
 import { notifyParent, startInBackground } from '../mount/daemon.js';
 import { DEFAULT_MOUNT_TIMEOUT_MS, MountServer } from '../mount/server.js';
 import { fetchStats } from '../mount/stats.js';
@@ -47,6 +47,8 @@ export function registerMount(y: Argv): Argv {
           .option('memory-cache-bytes', { type: 'number', default: DEFAULT_MEMORY_CACHE_BYTES, describe: 'bound of the in-memory chunk cache' })
           .option('read-timeout', { type: 'number', default: DEFAULT_READ_DEADLINE_MS / 1000, describe: 'seconds a read may take, retries included, before it fails with EIO' })
           .option('mount-timeout', { type: 'number', default: DEFAULT_MOUNT_TIMEOUT_MS / 1000, describe: 'seconds the registry may take to answer while mounting' })
+          .option('multi-range', { type: 'boolean', default: false, describe: 'fetch distant runs of missing chunks in one multi-range request (single ranges again if the registry refuses)' })
+          .option('max-gap-bytes', { type: 'number', default: DEFAULT_MAX_GAP_BYTES, describe: 'fetch missing chunks at most this many blob bytes apart in one range (gap bytes are fetched and dropped)' })
           .option('ready-fd', { type: 'number', hidden: true }),
       async (args) => {
         const mountpoint = resolve(args.mountpoint);
@@ -74,6 +76,8 @@ export function registerMount(y: Argv): Argv {
             stateDir,
             readDeadlineMs: args['read-timeout'] * 1000,
             mountTimeoutMs: args['mount-timeout'] * 1000,
+            multiRange: args['multi-range'],
+            maxGapBytes: args['max-gap-bytes'],
             log: timestampedLog,
           });
         } catch (err) {
@@ -169,7 +173,7 @@ function printStats(s: MountStats): void {
   for (const r of rows) lines.push(r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd());
   if (s.registry) {
     const r = s.registry;
-    lines.push(`registry client: retries ${r.retries}, redirects followed ${r.redirectsFollowed}, redirect-target hits ${r.redirectTargetHits}, mirror fallbacks ${r.endpointFallbacks}, auth refreshes ${r.authRefreshes}, range ignored ${r.rangeIgnored} times`);
+    lines.push(`registry client: retries ${r.retries}, redirects followed ${r.redirectsFollowed}, redirect-target hits ${r.redirectTargetHits}, mirror fallbacks ${r.endpointFallbacks}, auth refreshes ${r.authRefreshes}, range ignored ${r.rangeIgnored} times, multi-range refused ${r.multiRangeRefused} times`);
   }
   lines.push(`read errors ${t.readErrors}, verification failures ${t.verificationFailures}, retries ${t.retries}; memory cache ${formatBytes(s.memoryCache.bytes)} of ${formatBytes(s.memoryCache.maxBytes)}; disk cache ${s.diskCache.root} (corrupt entries discarded: ${s.diskCache.corruptEntries})`);
   process.stdout.write(`${lines.join('\n')}\n`);

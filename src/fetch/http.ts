@@ -8,7 +8,7 @@
 // configuration) and extra headers, both applied to the request's own origin only.
 import { isIP } from 'node:net';
 import type { Readable } from 'node:stream';
-import { Pool } from 'undici';
+import { buildConnector, Pool } from 'undici';
 import { basicAuthorization, hasPassword, OAUTH_CLIENT_ID, parseAuthChallenges, RegistryAuthError, TokenCache, type AuthChallenge } from './auth.js';
 import type { CredentialProvider, RegistryCredentials } from './credentials.js';
 import { RegistryError, redactUrl } from './errors.js';
@@ -50,6 +50,58 @@ const UNREACHABLE_CODES: ReadonlySet<string> = new Set(['ECONNREFUSED', 'ENOTFOU
 const TIMEOUT_CODES: ReadonlySet<string> = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);
 /** Errors after which an idempotent request is tried once more (a kept-alive socket closed by the server). */
 const STALE_SOCKET_CODES: ReadonlySet<string> = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET']);
+/** Server certificates that failed verification (Node's names of OpenSSL's X509_V_ERR_* codes, and the name check). */
+const CERT_VERIFY_CODES: ReadonlySet<string> = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT', 'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'CERT_SIGNATURE_FAILURE', 'CERT_UNTRUSTED',
+  'CERT_REJECTED', 'CERT_REVOKED', 'INVALID_CA', 'INVALID_PURPOSE', 'HOSTNAME_MISMATCH', 'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+/** TLS alerts of a server that wants a client certificate it did not get, or does not accept the one it got. */
+const CLIENT_CERT_ALERT_CODES: ReadonlySet<string> = new Set([
+  'ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE', 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED', 'ERR_SSL_SSLV3_ALERT_CERTIFICATE_UNKNOWN',
+  'ERR_SSL_TLSV1_ALERT_UNKNOWN_CA', 'ERR_SSL_SSLV3_ALERT_CERTIFICATE_EXPIRED', 'ERR_SSL_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE',
+  'ERR_SSL_TLSV1_ALERT_ACCESS_DENIED',
+]);
+
+function isTlsErrorCode(code: string | undefined): code is string {
+  return code !== undefined && (code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_') || CERT_VERIFY_CODES.has(code));
+}
+
+/**
+ * A one-line reason for a TLS failure talking to `host` (undefined for other errors): certificate
+ * verification, a refused client certificate, or another handshake error (plain HTTP spoken back, …).
+ */
+function tlsFailureReason(err: unknown, code: string | undefined, host: string): string | undefined {
+  if (!isTlsErrorCode(code)) return undefined;
+  let cause: unknown = err;
+  for (let depth = 0; depth < 4 && cause instanceof Error && (cause as NodeJS.ErrnoException).code !== code; depth++) cause = cause.cause;
+  const opensslReason = (cause as { reason?: unknown }).reason;
+  const detail = typeof opensslReason === 'string' ? opensslReason : ((cause instanceof Error ? cause.message : String(cause)).split('\n')[0] ?? '');
+  if (CERT_VERIFY_CODES.has(code)) return `TLS certificate of ${host} failed verification: ${detail} (${code}); trust its CA with "ca" in hosts.toml, or set skip_verify`;
+  if (CLIENT_CERT_ALERT_CODES.has(code)) return `TLS handshake with ${host} refused by the server: ${detail} (${code}); it wants a client certificate it accepts ("client" in hosts.toml)`;
+  if (code === 'ERR_SSL_WRONG_VERSION_NUMBER') return `TLS handshake with ${host} failed: ${detail} (${code}); does it serve plain HTTP?`;
+  return `TLS handshake with ${host} failed: ${detail} (${code})`;
+}
+
+/**
+ * undici's connector, except that a TLS error on an established connection destroys the socket with that
+ * error. A TLS 1.3 server refuses a missing client certificate with an alert after the handshake; undici
+ * would then report its own "other side closed" (on the end of the stream) instead of the alert.
+ */
+function tlsErrorPreservingConnector(options: buildConnector.BuildOptions): buildConnector.connector {
+  const connect = buildConnector(options);
+  return (opts, callback) => {
+    connect(opts, (...args) => {
+      const socket = args[1];
+      if (socket) {
+        socket.on('error', (err: NodeJS.ErrnoException) => {
+          if (isTlsErrorCode(err.code) && !socket.destroyed) socket.destroy(err);
+        });
+      }
+      callback(...args);
+    });
+  };
+}
 const REDIRECT_STATUSES: ReadonlySet<number> = new Set([301, 302, 303, 307, 308]);
 /** Statuses whose Retry-After header is honoured. */
 const RETRY_AFTER_STATUSES: ReadonlySet<number> = new Set([429, 503]);
@@ -82,6 +134,8 @@ export interface RegistryClientStats {
   authRefreshes: number;
   /** Bytes read from such whole-blob answers before they were cut. */
   rangeIgnoredBytes: number;
+  /** Multi-range requests refused (400/416), answered again with single ranges. */
+  multiRangeRefused: number;
 }
 
 /** Something worth logging that the client did; URLs are redacted (no credentials, no query). */
@@ -90,6 +144,7 @@ export type RegistryClientEvent =
   | { kind: 'redirect'; operation: string; from: string; to: string; status: number }
   | { kind: 'redirect-target-dropped'; operation: string; url: string; reason: string }
   | { kind: 'range-ignored'; operation: string; host: string; firstForHost: boolean }
+  | { kind: 'multirange-refused'; operation: string; host: string; status: number }
   | { kind: 'auth-refresh'; operation: string; host: string; status: number; credentialsReread: boolean };
 
 /** Retries left for one logical request; shared by its HTTP exchanges and body reads so the total stays bounded. */
@@ -324,9 +379,10 @@ export class RegistryClient {
   private readonly bearerChallenges = new Map<string, AuthChallenge>();
   readonly timeouts: HttpTimeouts;
   readonly retryPolicy: RetryPolicy;
-  private readonly counters: RegistryClientStats = { retries: 0, redirectsFollowed: 0, redirectTargetHits: 0, rangeIgnored: 0, rangeIgnoredBytes: 0, endpointFallbacks: 0, authRefreshes: 0 };
+  private readonly counters: RegistryClientStats = { retries: 0, redirectsFollowed: 0, redirectTargetHits: 0, rangeIgnored: 0, rangeIgnoredBytes: 0, endpointFallbacks: 0, authRefreshes: 0, multiRangeRefused: 0 };
   /** Hosts seen answering a Range request with the whole blob. */
   private readonly rangeIgnoringHosts = new Set<string>();
+  private readonly multiRangeRefusingHosts = new Set<string>();
   private readonly onEvent: ((event: RegistryClientEvent) => void) | undefined;
   private closed = false;
 
@@ -384,6 +440,18 @@ export class RegistryClient {
     this.counters.rangeIgnored++;
     this.counters.rangeIgnoredBytes += bytesRead;
     this.emit({ kind: 'range-ignored', operation, host: url.host, firstForHost });
+  }
+
+  /** Whether `host` ("name:port") has refused a multi-range request (so single ranges are used from now on). */
+  refusesMultiRange(host: string): boolean {
+    return this.multiRangeRefusingHosts.has(host);
+  }
+
+  /** Records a multi-range request refused with `status`; later requests to that host use single ranges. */
+  noteMultiRangeRefused(url: URL, operation: string, status: number): void {
+    this.multiRangeRefusingHosts.add(url.host);
+    this.counters.multiRangeRefused++;
+    this.emit({ kind: 'multirange-refused', operation, host: url.host, status });
   }
 
   /** Records auth that was sent and refused, and is being renewed (a new token, or re-read credentials). */
@@ -458,7 +526,7 @@ export class RegistryClient {
         keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
         headersTimeout: this.timeouts.headersMs,
         bodyTimeout: this.timeouts.bodyMs,
-        connect,
+        connect: tlsErrorPreservingConnector(connect),
       });
       this.pools.set(key, pool);
     }
@@ -467,13 +535,16 @@ export class RegistryClient {
 
   private networkError(err: unknown, operation: string, url: URL): RegistryError {
     const code = errorCode(err);
+    const tlsReason = tlsFailureReason(err, code, url.host);
     let reason: string;
-    if (code !== undefined && UNREACHABLE_CODES.has(code)) reason = `registry ${url.host} is unreachable (${code})`;
+    if (tlsReason !== undefined) reason = tlsReason;
+    else if (code !== undefined && UNREACHABLE_CODES.has(code)) reason = `registry ${url.host} is unreachable (${code})`;
     else if (code !== undefined && TIMEOUT_CODES.has(code)) reason = `registry ${url.host} timed out (${code})`;
     else reason = `network error talking to ${url.host}: ${err instanceof Error ? err.message : String(err)}`;
     const wrapped = new RegistryError({ operation, url, reason }, { cause: err });
     // A timeout already cost its full time: the caller (whose deadline bounds it) decides about another one.
-    if (code === undefined || !TIMEOUT_CODES.has(code)) retryableNetworkErrors.add(wrapped);
+    // A TLS failure (certificate, handshake) is a matter of configuration: another try gives the same.
+    if (tlsReason === undefined && (code === undefined || !TIMEOUT_CODES.has(code))) retryableNetworkErrors.add(wrapped);
     return wrapped;
   }
 

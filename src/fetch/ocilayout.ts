@@ -188,7 +188,8 @@ export class OciLayoutStore implements ImageStore {
     return this.readVerified(desc, this.fetchBlobMax, 'fetch blob');
   }
 
-  async openBlob(desc: Descriptor): Promise<Readable> {
+  async openBlob(desc: Descriptor, options: { signal?: AbortSignal } = {}): Promise<Readable> {
+    options.signal?.throwIfAborted();
     checkDescriptor(desc);
     const path = this.blobPath(desc.digest);
     const handle = await open(path, 'r').catch((err: unknown) => {
@@ -196,7 +197,12 @@ export class OciLayoutStore implements ImageStore {
       throw err;
     });
     const verifier = new VerifyingStream(desc, `open blob ${this.displayName}`);
-    pipelineCallback(handle.createReadStream(), verifier, () => undefined);
+    const stream = handle.createReadStream();
+    const onAbort = (): void => {
+      verifier.destroy(options.signal?.reason instanceof Error ? options.signal.reason : new Error('aborted'));
+    };
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+    pipelineCallback(stream, verifier, () => options.signal?.removeEventListener('abort', onAbort));
     return verifier;
   }
 

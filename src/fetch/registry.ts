@@ -8,8 +8,8 @@
 // and the like.
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import { pipeline, type Readable } from 'node:stream';
-import type { BlobContent, ImageStore, ResolveOptions } from '../oci/store.js';
+import { pipeline, Readable } from 'node:stream';
+import type { BlobContent, ByteRange, ImageStore, ResolveOptions } from '../oci/store.js';
 import { MANIFEST_MEDIA_TYPES, type Descriptor, type Platform, type ResolvedImage } from '../oci/types.js';
 import { parseDigest, sha256Digest } from '../util/digest.js';
 import { ContentVerificationError, ImageReferenceError, RegistryError } from './errors.js';
@@ -34,6 +34,7 @@ import { bareMediaType, isManifestMediaType, MAX_MANIFEST_BYTES, resolveThroughI
 import { hostPlatform } from './platform.js';
 import { parseRegistryReference, type RegistryReference } from './reference.js';
 import { checkDescriptor, checkRange, digestLike, newHash, verifyContent, VerifyingStream } from './verify.js';
+import { byterangesBoundary, MultipartError, parseByteranges, parseContentRange, sliceRanges, type BytePart } from './multipart.js';
 
 /** Blobs up to this size are uploaded with one PUT; larger ones in PATCH chunks. */
 export const MONOLITHIC_UPLOAD_MAX_BYTES = 16 * 1024 * 1024;
@@ -49,6 +50,10 @@ export const REDIRECT_TARGET_TTL_MS = 5 * 60_000;
 export const MAX_REDIRECT_TARGETS = 1024;
 /** Statuses of a remembered redirect target that make the store ask the registry again (any non-2xx does). */
 const REDIRECT_TARGET_OK: ReadonlySet<number> = new Set([200, 206]);
+/** Room for one part's delimiter and headers in a multipart/byteranges answer (beyond its data). */
+const MULTIPART_OVERHEAD_PER_PART_BYTES = 4096 + 128;
+/** Room for a multipart answer's preamble and closing delimiter. */
+const MULTIPART_OVERHEAD_BYTES = 4096;
 
 /** Per-request options of blob reads. */
 export interface BlobReadOptions {
@@ -170,6 +175,8 @@ export class RegistryStore implements ImageStore {
   private readonly now: () => number;
   /** Redirect target per blob digest, with the time it stops being used. */
   private readonly redirectTargets = new Map<string, { url: URL; expires: number }>();
+  /** Set once a registry endpoint refused a multi-range request; later ones go one range at a time. */
+  private multiRangeRefused = false;
 
   constructor(reference: RegistryReference | string, options: RegistryStoreOptions = {}) {
     this.reference = typeof reference === 'string' ? parseRegistryReference(reference) : reference;
@@ -484,16 +491,61 @@ export class RegistryStore implements ImageStore {
     });
   }
 
-  async openBlob(desc: Descriptor): Promise<Readable> {
+  /**
+   * Streams a whole blob, verified as it goes. A body cut mid-way (dropped connection) is resumed with a
+   * Range request from the first byte not yet received, within the client's retry budget; an aborted
+   * `signal` destroys the stream with the signal's reason.
+   */
+  async openBlob(desc: Descriptor, options: BlobReadOptions = {}): Promise<Readable> {
     checkDescriptor(desc);
     const operation = 'open blob';
-    const res = isManifestMediaType(desc.mediaType)
-      ? (await this.sendVia('pull', operation, 'GET', `/manifests/${desc.digest}`, { headers: { accept: MANIFEST_MEDIA_TYPES.join(', ') } })).res
-      : await this.getBlob(desc, operation);
-    if (res.status !== 200) throw await responseError(res, operation, 'GET');
+    const signal = options.signal;
+    signal?.throwIfAborted();
     const verifier = new VerifyingStream(desc, `${operation} ${this.displayName}`);
-    pipeline(res.body, verifier, () => undefined);
+    if (isManifestMediaType(desc.mediaType)) {
+      const res = (await this.sendVia('pull', operation, 'GET', `/manifests/${desc.digest}`, { headers: { accept: MANIFEST_MEDIA_TYPES.join(', ') }, signal })).res;
+      if (res.status !== 200) throw await responseError(res, operation, 'GET');
+      pipeline(res.body, verifier, () => undefined);
+      return verifier;
+    }
+    const budget = this.client.newRetryBudget();
+    const first = await this.getBlob(desc, operation, {}, { signal, budget });
+    if (first.status !== 200) throw await responseError(first, operation, 'GET');
+    pipeline(Readable.from(this.resumableBody(desc, first, operation, budget, signal)), verifier, () => undefined);
     return verifier;
+  }
+
+  /** The bytes of a whole-blob answer, resuming with `Range: bytes=N-` after a cut connection. */
+  private async *resumableBody(desc: Descriptor, first: HttpResponse, operation: string, budget: RetryBudget, signal: AbortSignal | undefined): AsyncGenerator<Buffer> {
+    let res = first;
+    let received = 0;
+    for (;;) {
+      try {
+        for await (const chunk of res.body) {
+          const data = chunk as Buffer;
+          received += data.length;
+          yield data;
+        }
+        return;
+      } catch (err) {
+        if (signal?.aborted) throw signal.reason;
+        const cut = this.client.bodyError(err, operation, res.url);
+        if (!isRetryableNetworkError(cut) || received >= desc.size) throw cut;
+        if (!(await this.client.pauseBeforeRetry(budget, { operation, url: cut.url, reason: cut.message }, signal))) throw cut;
+      } finally {
+        cutBody(res.body);
+      }
+      res = await this.getBlob(desc, operation, { range: `bytes=${received}-` }, { signal, budget });
+      if (res.status !== 206) {
+        abandonBody(res);
+        throw new RegistryError({ operation, url: res.url, status: res.status, reason: `resuming at byte ${received} got HTTP ${res.status}, not 206` });
+      }
+      const range = parseContentRange(getHeader(res, 'content-range') ?? '');
+      if (!range || range.start !== received || range.end !== desc.size) {
+        abandonBody(res);
+        throw new ContentVerificationError(`${operation} ${this.displayName}: resuming ${desc.digest} at byte ${received} got Content-Range ${JSON.stringify(getHeader(res, 'content-range') ?? '')}`, desc.digest, 'range');
+      }
+    }
   }
 
   async fetchRange(desc: Descriptor, start: number, end: number, options: BlobReadOptions = {}): Promise<Buffer> {
@@ -532,39 +584,134 @@ export class RegistryStore implements ImageStore {
       return bytes;
     }
     if (res.status === 200) {
-      // The registry ignored Range and sends the whole blob: keep [start, end) and cut the transfer there.
-      const declared = getHeader(res, 'content-length');
-      if (declared !== undefined && Number(declared) !== desc.size) {
-        abandonBody(res);
-        throw new ContentVerificationError(`${where}: whole-blob answer has ${declared} bytes, descriptor says ${desc.size}`, desc.digest, 'size');
-      }
-      res.body.on('error', () => undefined);
-      const out = Buffer.allocUnsafe(length);
-      let position = 0;
-      let filled = 0;
-      try {
-        for await (const chunk of res.body) {
-          const data = chunk as Buffer;
-          const chunkStart = position;
-          position += data.length;
-          if (position <= start) continue;
-          const from = Math.max(0, start - chunkStart);
-          const take = Math.min(data.length - from, length - filled);
-          data.copy(out, filled, from, from + take);
-          filled += take;
-          if (filled === length) break;
-        }
-      } catch (err) {
-        if (signal?.aborted) throw signal.reason;
-        throw this.client.bodyError(err, operation, res.url);
-      } finally {
-        cutBody(res.body);
-        this.client.noteRangeIgnored(res.url, operation, position);
-      }
-      if (filled !== length) throw new ContentVerificationError(`${where}: blob ended after ${position} bytes`, desc.digest, 'range');
-      return out;
+      const [bytes] = await this.readIgnoredRange(res, desc, [{ start, end }], operation, where, signal);
+      return bytes!;
     }
     throw await responseError(res, operation, 'GET');
+  }
+
+  /**
+   * Reads an answer to a range request that ignored Range (200, the whole blob): keeps each wanted range
+   * and cuts the transfer after the last one, then remembers that the host ignores Range.
+   */
+  private async readIgnoredRange(
+    res: HttpResponse,
+    desc: Descriptor,
+    ranges: readonly ByteRange[],
+    operation: string,
+    where: string,
+    signal: AbortSignal | undefined,
+  ): Promise<Buffer[]> {
+    const declared = getHeader(res, 'content-length');
+    if (declared !== undefined && Number(declared) !== desc.size) {
+      abandonBody(res);
+      throw new ContentVerificationError(`${where}: whole-blob answer has ${declared} bytes, descriptor says ${desc.size}`, desc.digest, 'size');
+    }
+    res.body.on('error', () => undefined);
+    const outs = ranges.map(({ start, end }) => Buffer.allocUnsafe(end - start));
+    const last = ranges[ranges.length - 1]!.end;
+    let position = 0;
+    try {
+      for await (const chunk of res.body) {
+        const data = chunk as Buffer;
+        const chunkStart = position;
+        position += data.length;
+        ranges.forEach(({ start, end }, k) => {
+          const from = Math.max(start, chunkStart);
+          const to = Math.min(end, position);
+          if (from < to) data.copy(outs[k]!, from - start, from - chunkStart, to - chunkStart);
+        });
+        if (position >= last) break;
+      }
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      throw this.client.bodyError(err, operation, res.url);
+    } finally {
+      cutBody(res.body);
+      this.client.noteRangeIgnored(res.url, operation, position);
+    }
+    if (position < last) throw new ContentVerificationError(`${where}: blob ended after ${position} bytes`, desc.digest, 'range');
+    return outs;
+  }
+
+  /** Whether fetchRanges asks for several ranges in one request (false once a registry refused it). */
+  get multiRangeEnabled(): boolean {
+    return !this.multiRangeRefused;
+  }
+
+  /**
+   * Reads several sorted, disjoint ranges of a blob in one multi-range request (`multipart/byteranges`).
+   * A registry that refuses it (400/416) is remembered and asked again one range at a time; one that
+   * ignores Range is read up to the last range and cut; one that merges ranges into one part is accepted.
+   */
+  async fetchRanges(desc: Descriptor, ranges: readonly ByteRange[], options: BlobReadOptions = {}): Promise<Buffer[]> {
+    checkDescriptor(desc);
+    for (const [k, { start, end }] of ranges.entries()) {
+      checkRange(desc, start, end);
+      if (end <= start) throw new RangeError(`range ${k} [${start}, ${end}) of ${desc.digest} is empty`);
+      if (k > 0 && start < ranges[k - 1]!.end) throw new RangeError(`ranges of ${desc.digest} must be sorted and disjoint (range ${k} starts at ${start})`);
+    }
+    const signal = options.signal;
+    if (ranges.length <= 1 || this.multiRangeRefused) {
+      return Promise.all(ranges.map(({ start, end }) => this.fetchRange(desc, start, end, options)));
+    }
+    const operation = `fetch ${ranges.length} ranges ${ranges[0]!.start}-${ranges[ranges.length - 1]!.end - 1}`;
+    const answer = await this.withBodyRetries(operation, signal, (budget) => this.fetchRangesOnce(desc, ranges, operation, signal, budget));
+    if (answer !== 'refused') return answer;
+    return Promise.all(ranges.map(({ start, end }) => this.fetchRange(desc, start, end, options)));
+  }
+
+  private async fetchRangesOnce(
+    desc: Descriptor,
+    ranges: readonly ByteRange[],
+    operation: string,
+    signal: AbortSignal | undefined,
+    budget: RetryBudget,
+  ): Promise<Buffer[] | 'refused'> {
+    const where = `${operation} of ${desc.digest} from ${this.displayName}`;
+    const header = `bytes=${ranges.map(({ start, end }) => `${start}-${end - 1}`).join(',')}`;
+    const res = await this.getBlob(desc, operation, { range: header }, { signal, budget });
+    if (res.status === 400 || res.status === 416) {
+      abandonBody(res);
+      this.multiRangeRefused = true;
+      this.client.noteMultiRangeRefused(res.url, operation, res.status);
+      return 'refused';
+    }
+    if (res.status === 200) return this.readIgnoredRange(res, desc, ranges, operation, where, signal);
+    if (res.status !== 206) throw await responseError(res, operation, 'GET');
+    const span = ranges[ranges.length - 1]!.end - ranges[0]!.start;
+    const max = span + ranges.length * MULTIPART_OVERHEAD_PER_PART_BYTES + MULTIPART_OVERHEAD_BYTES;
+    let body: Buffer;
+    try {
+      body = await this.readBlobBody(res, max, 'multi-range answer', operation, signal);
+    } catch (err) {
+      if (err instanceof RangeError) throw new ContentVerificationError(`${where}: answer is longer than ${max} bytes`, desc.digest, 'range');
+      throw err;
+    }
+    let parts: BytePart[];
+    try {
+      const boundary = byterangesBoundary(getHeader(res, 'content-type'));
+      if (boundary !== undefined) parts = parseByteranges(body, boundary);
+      else {
+        // One part: the registry merged the ranges into one span (allowed by RFC 9110).
+        const single = parseContentRange(getHeader(res, 'content-range') ?? '');
+        if (!single || single.end - single.start !== body.length) throw new MultipartError(`single-part answer with Content-Range ${JSON.stringify(getHeader(res, 'content-range') ?? '')} and ${body.length} bytes`);
+        parts = [{ ...single, data: body }];
+      }
+    } catch (err) {
+      if (err instanceof MultipartError) throw new ContentVerificationError(`${where}: ${err.message}`, desc.digest, 'range');
+      throw err;
+    }
+    if (parts.some((p) => p.size !== undefined && p.size !== desc.size)) {
+      throw new ContentVerificationError(`${where}: a part names a blob size other than ${desc.size}`, desc.digest, 'range');
+    }
+    const slices = sliceRanges(parts, ranges);
+    const missing = slices.findIndex((slice) => slice === undefined);
+    if (missing >= 0) {
+      const { start, end } = ranges[missing]!;
+      throw new ContentVerificationError(`${where}: no part covers bytes ${start}-${end - 1}`, desc.digest, 'range');
+    }
+    return slices as Buffer[];
   }
 
   private async blobExists(desc: Descriptor, scopes: readonly string[]): Promise<boolean> {

@@ -16,7 +16,7 @@ import { LayerFilesystem } from '../fuse/index.js';
 import type { ImageStore } from '../oci/store.js';
 import type { Descriptor, ImageConfig, Platform } from '../oci/types.js';
 import { MEDIA_TYPE } from '../oci/types.js';
-import { openLazyLayer, rangeFetcherFromStore, RegistryHealth } from '../reader/index.js';
+import { multiRangeFetcherFromStore, openLazyLayer, rangeFetcherFromStore, RegistryHealth } from '../reader/index.js';
 import type { LazyLayer } from '../reader/index.js';
 import { zeroReadCounters } from '../reader/types.js';
 import type { LayerStats } from '../reader/types.js';
@@ -51,6 +51,10 @@ export interface MountOptions {
   readDeadlineMs: number;
   /** Bound on the registry requests made while mounting. */
   mountTimeoutMs: number;
+  /** Ask for several runs of missing chunks in one multi-range request (falls back when refused). */
+  multiRange?: boolean;
+  /** Missing chunks separated by at most this many blob bytes are fetched in one range (default DEFAULT_MAX_GAP_BYTES). */
+  maxGapBytes?: number;
   log: (line: string) => void;
 }
 
@@ -76,6 +80,8 @@ function describeRegistryEvent(e: RegistryClientEvent): string {
       return `${e.operation}: ${e.host} refused our authorization (${e.status}); renewing it${e.credentialsReread ? ' with re-read credentials' : ''}`;
     case 'range-ignored':
       return `${e.operation}: ${e.host} ignored the Range header and sent the whole blob${e.firstForHost ? ' (first time for this host)' : ''}`;
+    case 'multirange-refused':
+      return `${e.operation}: ${e.host} refused a multi-range request (${e.status}); using one range per request from now on`;
   }
 }
 
@@ -282,9 +288,10 @@ async function openLayer(
           name: fuseFileName(desc.digest),
           descriptor: desc,
           fetchRange: rangeFetcherFromStore(store, desc),
+          fetchRanges: multiRangeFetcherFromStore(store, desc),
           memory: ctx.memory,
           disk: ctx.disk,
-          options: { readDeadlineMs: options.readDeadlineMs, health: ctx.health },
+          options: { readDeadlineMs: options.readDeadlineMs, health: ctx.health, multiRange: options.multiRange, maxGapBytes: options.maxGapBytes },
           log: options.log,
         }),
         options.mountTimeoutMs,

@@ -8,6 +8,12 @@ export interface ResolveOptions {
   platform?: Platform;
 }
 
+/** Bytes [start, end) of a blob. */
+export interface ByteRange {
+  start: number;
+  end: number;
+}
+
 export type BlobContent = { path: string } | { bytes: Buffer } | { stream: () => Promise<Readable> };
 
 export interface ImageStore {
@@ -22,14 +28,25 @@ export interface ImageStore {
   /** Reads a whole blob into memory, verifying its digest and size. For manifests, configs, small blobs. */
   fetchBlob(desc: Descriptor): Promise<Buffer>;
 
-  /** Streams a whole blob; the stream errors (instead of ending) if the digest or size does not match. */
-  openBlob(desc: Descriptor): Promise<Readable>;
+  /**
+   * Streams a whole blob; the stream errors (instead of ending) if the digest or size does not match. An
+   * aborted `signal` ends it with the signal's reason.
+   */
+  openBlob(desc: Descriptor, options?: { signal?: AbortSignal }): Promise<Readable>;
 
   /**
    * Reads blob bytes [start, end) exactly; fails if the store returns anything else. An aborted `signal`
    * ends the read at once (freeing its connection) and rejects with the signal's reason.
    */
   fetchRange(desc: Descriptor, start: number, end: number, options?: { signal?: AbortSignal }): Promise<Buffer>;
+
+  /**
+   * Reads several sorted, disjoint ranges of a blob, in one request where the store can (a registry's
+   * multi-range request); same guarantees as fetchRange for each. Optional: without it, one fetchRange each.
+   */
+  fetchRanges?(desc: Descriptor, ranges: readonly ByteRange[], options?: { signal?: AbortSignal }): Promise<Buffer[]>;
+  /** False once the store found that multi-range requests are refused (fetchRanges then asks range by range). */
+  readonly multiRangeEnabled?: boolean;
 
   /** Whether the blob already exists at the destination (so a push can skip it). */
   hasBlob(desc: Descriptor): Promise<boolean>;

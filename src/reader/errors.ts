@@ -54,8 +54,9 @@ export class ShortFetchError extends Error {
   constructor(
     readonly site: FetchSite,
     readonly received: number,
+    readonly want: number = site.range.end - site.range.start,
   ) {
-    super(`${describeSite(site)}: fetcher returned ${received} bytes, want ${site.range.end - site.range.start}`);
+    super(`${describeSite(site)}: fetcher returned ${received} bytes, want ${want}`);
   }
 }
 

@@ -14,7 +14,8 @@ import {
 } from './errors.js';
 import type { FetchSite } from './errors.js';
 import type { RequestPriority, RequestSemaphore } from './semaphore.js';
-import type { RangeFetcher } from './types.js';
+import type { MultiRangeFetcher, RangeFetcher, RangesFetcher } from './types.js';
+import type { ByteRange } from '../oci/store.js';
 import type { ImageStore } from '../oci/store.js';
 import type { Descriptor } from '../oci/types.js';
 
@@ -53,10 +54,11 @@ export function backoffDelay(retry: number, policy: RetryPolicy): number {
   return base * (1 - RETRY_JITTER * policy.random());
 }
 
-/** One attempt: a slot, a timeout, the fetch raced against both the timeout and the deadline. */
 /** Everything one range fetch needs, passed down from fetchRangeWithRetry to its attempts. */
 interface RangeFetchJob {
-  fetch: RangeFetcher;
+  /** One request for all of `ranges`, answering one buffer per range. */
+  request: (signal: AbortSignal) => Promise<Buffer[]>;
+  ranges: readonly ByteRange[];
   site: FetchSite;
   policy: RetryPolicy;
   deadline: Deadline;
@@ -65,7 +67,8 @@ interface RangeFetchJob {
   hooks: FetchHooks;
 }
 
-async function attempt({ fetch, site, policy, deadline, semaphore, priority, hooks }: RangeFetchJob): Promise<Buffer> {
+/** One attempt: a slot, a timeout, the fetch raced against both the timeout and the deadline. */
+async function attempt({ request, ranges, site, policy, deadline, semaphore, priority, hooks }: RangeFetchJob): Promise<Buffer[]> {
   const release = await semaphore.acquire(priority, deadline.signal);
   const controller = new AbortController();
   const timeoutMs = Math.max(1, Math.min(policy.requestTimeoutMs, Math.ceil(deadline.remaining())));
@@ -74,15 +77,18 @@ async function attempt({ fetch, site, policy, deadline, semaphore, priority, hoo
   deadline.signal.addEventListener('abort', onDeadline, { once: true });
   try {
     hooks.onRequest();
-    let pending: Promise<Buffer>;
+    let pending: Promise<Buffer[]>;
     try {
-      pending = fetch(site.range.start, site.range.end, controller.signal);
+      pending = request(controller.signal);
     } catch (err) {
       pending = Promise.reject(err);
     }
-    const bytes = await raceSignal(pending, controller.signal);
-    if (bytes.length !== site.range.end - site.range.start) throw new ShortFetchError(site, bytes.length);
-    return bytes;
+    const buffers = await raceSignal(pending, controller.signal);
+    const want = ranges.reduce((sum, r) => sum + (r.end - r.start), 0);
+    if (buffers.length !== ranges.length || buffers.some((b, k) => b.length !== ranges[k]!.end - ranges[k]!.start)) {
+      throw new ShortFetchError(site, buffers.reduce((sum, b) => sum + b.length, 0), want);
+    }
+    return buffers;
   } finally {
     clearTimeout(timer);
     deadline.signal.removeEventListener('abort', onDeadline);
@@ -105,7 +111,31 @@ export async function fetchRangeWithRetry(
   hooks: FetchHooks,
   health?: RegistryHealth,
 ): Promise<Buffer> {
-  const job: RangeFetchJob = { fetch, site, policy, deadline, semaphore, priority, hooks };
+  const request = async (signal: AbortSignal): Promise<Buffer[]> => [await fetch(site.range.start, site.range.end, signal)];
+  const [bytes] = await runWithRetries({ request, ranges: [site.range], site, policy, deadline, semaphore, priority, hooks }, health);
+  return bytes!;
+}
+
+/**
+ * Fetches several sorted, disjoint ranges of one blob in one request per attempt (a multi-range request),
+ * with the same retries, deadline and health rules as fetchRangeWithRetry; `site` names them all in errors.
+ */
+export async function fetchRangesWithRetry(
+  fetch: RangesFetcher,
+  ranges: readonly ByteRange[],
+  site: FetchSite,
+  policy: RetryPolicy,
+  deadline: Deadline,
+  semaphore: RequestSemaphore,
+  priority: RequestPriority,
+  hooks: FetchHooks,
+  health?: RegistryHealth,
+): Promise<Buffer[]> {
+  return runWithRetries({ request: (signal) => fetch(ranges, signal), ranges, site, policy, deadline, semaphore, priority, hooks }, health);
+}
+
+async function runWithRetries(job: RangeFetchJob, health: RegistryHealth | undefined): Promise<Buffer[]> {
+  const { site, deadline } = job;
   if (!health) return fetchWithRetries(job, false);
   const admission = await health.admit(describeSite(site), deadline.signal);
   try {
@@ -121,7 +151,7 @@ export async function fetchRangeWithRetry(
   }
 }
 
-async function fetchWithRetries(job: RangeFetchJob, singleAttempt: boolean): Promise<Buffer> {
+async function fetchWithRetries(job: RangeFetchJob, singleAttempt: boolean): Promise<Buffer[]> {
   const { site, deadline, hooks } = job;
   let attempts = 0;
   let lastError: unknown;
@@ -176,4 +206,11 @@ function messageOf(err: unknown): string {
  */
 export function rangeFetcherFromStore(store: Pick<ImageStore, 'fetchRange'>, desc: Descriptor): RangeFetcher {
   return (start, end, signal) => store.fetchRange(desc, start, end, { signal });
+}
+
+/** Multi-range requests over a store that offers fetchRanges; undefined for one that does not. */
+export function multiRangeFetcherFromStore(store: Pick<ImageStore, 'fetchRanges' | 'multiRangeEnabled'>, desc: Descriptor): MultiRangeFetcher | undefined {
+  const fetchRanges = store.fetchRanges?.bind(store);
+  if (!fetchRanges) return undefined;
+  return { fetch: (ranges, signal) => fetchRanges(desc, ranges, { signal }), enabled: () => store.multiRangeEnabled !== false };
 }

@@ -1,7 +1,7 @@
 // Public API of src/reader: the lazy layer chunk source (LazyLayer), its decode worker pool, the fetch
 // reliability pieces (deadlines, retry policy, transient-error rule) and the interface types shared with
 // src/fuse.
-export type { LayerFileSource, LayerStats, RangeFetcher, ReaderLog } from './types.js';
+export type { LayerFileSource, LayerStats, MultiRangeFetcher, RangeFetcher, RangesFetcher, ReaderLog } from './types.js';
 export {
   DEFAULT_READ_DEADLINE_MS,
   DEFAULT_MAX_INFLIGHT_REQUESTS,
@@ -10,6 +10,7 @@ export {
   DEFAULT_READAHEAD_CHUNKS,
   DEFAULT_INTEGRITY_RETRIES,
   DEFAULT_PREFETCH_CONCURRENCY,
+  DEFAULT_MAX_RANGES_PER_REQUEST,
   LazyLayer,
   openLazyLayer,
 } from './lazylayer.js';
@@ -31,7 +32,9 @@ export {
   RETRY_BACKOFF_FACTOR,
   RETRY_JITTER,
   backoffDelay,
+  fetchRangesWithRetry,
   fetchRangeWithRetry,
+  multiRangeFetcherFromStore,
   rangeFetcherFromStore,
 } from './fetcher.js';
 export type { RetryPolicy, FetchHooks } from './fetcher.js';

@@ -17,6 +17,7 @@ import {
   DEFAULT_REQUEST_TIMEOUT_MS,
   DEFAULT_RETRY_INITIAL_DELAY_MS,
   DEFAULT_RETRY_MAX_DELAY_MS,
+  fetchRangesWithRetry,
   fetchRangeWithRetry,
 } from './fetcher.js';
 import type { FetchHooks, RetryPolicy } from './fetcher.js';
@@ -24,7 +25,7 @@ import type { RegistryHealth } from './health.js';
 import { RequestSemaphore } from './semaphore.js';
 import type { RequestPriority } from './semaphore.js';
 import { zeroReadCounters } from './types.js';
-import type { LayerFileSource, LayerStats, RangeFetcher, ReadCounters, ReaderLog } from './types.js';
+import type { LayerFileSource, LayerStats, MultiRangeFetcher, RangeFetcher, ReadCounters, ReaderLog } from './types.js';
 
 /** A read (and the fetches it starts) fails after this long, retries included. */
 export const DEFAULT_READ_DEADLINE_MS = 30_000;
@@ -47,6 +48,8 @@ export const DEFAULT_READAHEAD_CHUNKS = 1;
 export const DEFAULT_INTEGRITY_RETRIES = 1;
 /** Prefetch works on at most this many runs at once (each run is one request). */
 export const DEFAULT_PREFETCH_CONCURRENCY = 2;
+/** Most ranges asked for in one multi-range request (when multi-range requests are on). */
+export const DEFAULT_MAX_RANGES_PER_REQUEST = 8;
 
 export interface LazyLayerOptions {
   /** Default DEFAULT_READ_DEADLINE_MS. */
@@ -68,6 +71,13 @@ export interface LazyLayerOptions {
   maxGapBytes?: number;
   /** Default DEFAULT_READAHEAD_CHUNKS. */
   readaheadChunks?: number;
+  /**
+   * Ask for runs of missing chunks that are too far apart to merge (more than maxGapBytes) in one multi-range
+   * request, when the init has fetchRanges. Default off: not every registry or CDN answers multi-range well.
+   */
+  multiRange?: boolean;
+  /** Default DEFAULT_MAX_RANGES_PER_REQUEST. */
+  maxRangesPerRequest?: number;
   /** Default DEFAULT_INTEGRITY_RETRIES. */
   integrityRetries?: number;
   /** Frame verifier/decoder; default the process-wide worker pool (sharedDecodePool). Not closed by the layer. */
@@ -84,6 +94,8 @@ export interface LazyLayerInit {
   /** Its chunk table, loaded and verified against chunk_digest (loadChunkTable or openLazyLayer). */
   table: ChunkTable;
   fetchRange: RangeFetcher;
+  /** Multi-range requests (used when options.multiRange is on and `enabled()` says the registry takes them). */
+  fetchRanges?: MultiRangeFetcher;
   memory: MemoryChunkCache;
   disk?: DiskChunkCache;
   options?: LazyLayerOptions;
@@ -135,6 +147,8 @@ export class LazyLayer implements LayerFileSource {
   readonly layerDigest: string;
   readonly readDeadlineMs: number;
   readonly #fetch: RangeFetcher;
+  readonly #fetchRanges: MultiRangeFetcher | undefined;
+  readonly #maxRangesPerRequest: number;
   readonly #memory: MemoryChunkCache;
   readonly #disk: DiskChunkCache | undefined;
   readonly #decoder: ChunkDecoder;
@@ -171,6 +185,8 @@ export class LazyLayer implements LayerFileSource {
     this.size = table.uncompressedSize;
     this.readDeadlineMs = checkPositive('readDeadlineMs', options.readDeadlineMs ?? DEFAULT_READ_DEADLINE_MS);
     this.#fetch = init.fetchRange;
+    this.#fetchRanges = options.multiRange ? init.fetchRanges : undefined;
+    this.#maxRangesPerRequest = Math.floor(checkPositive('maxRangesPerRequest', options.maxRangesPerRequest ?? DEFAULT_MAX_RANGES_PER_REQUEST));
     this.#memory = init.memory;
     this.#disk = init.disk;
     this.#decoder = options.decoder ?? sharedDecodePool();
@@ -468,7 +484,7 @@ export class LazyLayer implements LayerFileSource {
       const wanted = runs.filter((run) => run.indices.some((index) => !extraSet.has(index)));
       // Register the readahead chunks that ride along; this runs synchronously after the candidates were checked.
       for (const run of wanted) for (const index of run.indices) if (extraSet.has(index)) flights.set(index, this.#register(index));
-      await Promise.all(wanted.map((run) => this.#fetchRun(flights, run, deadline, priority, 0)));
+      await Promise.all(this.#batches(wanted).map((batch) => this.#fetchRuns(flights, batch, deadline, priority, 0)));
     } catch (err) {
       for (const index of [...flights.keys()]) this.#settle(flights, index, { error: err });
     } finally {
@@ -498,13 +514,34 @@ export class LazyLayer implements LayerFileSource {
     return candidates.filter((index) => !onDisk.has(index) && !this.#inflight.has(index) && !this.#fromMemory(index, false));
   }
 
-  #site(run: FrameRun): FetchSite {
-    return { layerDigest: this.layerDigest, firstIndex: run.firstIndex, lastIndex: run.lastIndex, range: { start: run.start, end: run.end } };
+  /**
+   * Runs fetched in one request each, or, with multi-range requests on (and taken by the registry), several
+   * runs per request up to maxRangesPerRequest and maxRequestBytes.
+   */
+  #batches(runs: FrameRun[]): FrameRun[][] {
+    if (!this.#fetchRanges?.enabled() || runs.length < 2) return runs.map((run) => [run]);
+    const batches: FrameRun[][] = [];
+    let current: FrameRun[] = [];
+    let bytes = 0;
+    for (const run of runs) {
+      const size = run.end - run.start;
+      if (current.length > 0 && (current.length >= this.#maxRangesPerRequest || bytes + size > this.#maxRequestBytes)) {
+        batches.push(current);
+        current = [];
+        bytes = 0;
+      }
+      current.push(run);
+      bytes += size;
+    }
+    if (current.length > 0) batches.push(current);
+    return batches;
   }
 
-  /** Fetches one run, verifies and decodes its chunks, caches and settles them; refetches integrity failures. */
-  async #fetchRun(flights: Flights, run: FrameRun, deadline: Deadline, priority: RequestPriority, integrityAttempt: number): Promise<void> {
-    const site = this.#site(run);
+  /** Fetches runs (one request; a multi-range one for several), then verifies, decodes, caches and settles them. */
+  async #fetchRuns(flights: Flights, runs: FrameRun[], deadline: Deadline, priority: RequestPriority, integrityAttempt: number): Promise<void> {
+    const first = runs[0]!;
+    const last = runs[runs.length - 1]!;
+    const site: FetchSite = { layerDigest: this.layerDigest, firstIndex: first.firstIndex, lastIndex: last.lastIndex, range: { start: first.start, end: last.end } };
     const hooks: FetchHooks = {
       onRequest: () => {
         this.#c.requests++;
@@ -516,14 +553,22 @@ export class LazyLayer implements LayerFileSource {
         this.#lastFetchError = err;
       },
     };
-    let bytes: Buffer;
+    let buffers: Buffer[];
     try {
-      bytes = await fetchRangeWithRetry(this.#fetch, site, this.#policy, deadline, this.#semaphore, priority, hooks, this.#health);
+      buffers =
+        runs.length === 1 || !this.#fetchRanges
+          ? [await fetchRangeWithRetry(this.#fetch, site, this.#policy, deadline, this.#semaphore, priority, hooks, this.#health)]
+          : await fetchRangesWithRetry(this.#fetchRanges.fetch, runs, site, this.#policy, deadline, this.#semaphore, priority, hooks, this.#health);
     } catch (err) {
-      for (const index of run.indices) this.#settle(flights, index, { error: err });
+      for (const run of runs) for (const index of run.indices) this.#settle(flights, index, { error: err });
       return;
     }
     this.#lastFetchError = undefined;
+    await Promise.all(runs.map((run, k) => this.#acceptRun(flights, run, buffers[k]!, deadline, priority, integrityAttempt)));
+  }
+
+  /** Verifies and decodes the chunks of one fetched run, caches and settles them; refetches integrity failures. */
+  async #acceptRun(flights: Flights, run: FrameRun, bytes: Buffer, deadline: Deadline, priority: RequestPriority, integrityAttempt: number): Promise<void> {
     this.#c.bytesFetched += bytes.length;
     const refetch: number[] = [];
     await Promise.all(
@@ -556,7 +601,7 @@ export class LazyLayer implements LayerFileSource {
     if (refetch.length > 0) {
       this.#c.retries++;
       const runs = groupFrameRuns(this.table, refetch, { maxGapBytes: this.#maxGapBytes, maxRequestBytes: this.#maxRequestBytes });
-      await Promise.all(runs.map((r) => this.#fetchRun(flights, r, deadline, priority, integrityAttempt + 1)));
+      await Promise.all(runs.map((r) => this.#fetchRuns(flights, [r], deadline, priority, integrityAttempt + 1)));
     }
   }
 }

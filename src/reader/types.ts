@@ -1,5 +1,6 @@
 // The chunk-source interface between the FUSE filesystem (src/fuse) and what serves a layer file's bytes:
 // a lazy seekable layer (src/reader/lazylayer) or a whole layer already on local disk.
+import type { ByteRange } from '../oci/store.js';
 
 /** One read-only file of a known size that can be read at any offset. */
 export interface LayerFileSource {
@@ -65,6 +66,16 @@ export interface LayerStats extends ReadCounters {
  * memory to a worker thread, so never return a view of memory the fetcher keeps using.
  */
 export type RangeFetcher = (start: number, end: number, signal: AbortSignal) => Promise<Buffer>;
+
+/** Fetches several sorted, disjoint blob ranges in one request (a multi-range request); one buffer per range. */
+export type RangesFetcher = (ranges: readonly ByteRange[], signal: AbortSignal) => Promise<Buffer[]>;
+
+/** Multi-range requests to one layer blob, while the registry takes them. */
+export interface MultiRangeFetcher {
+  fetch: RangesFetcher;
+  /** False once the registry refused a multi-range request: then the reader asks one range per request. */
+  enabled(): boolean;
+}
 
 /** Sink for one-line operational messages of the read path (verification failures, cache write errors). */
 export type ReaderLog = (line: string) => void;

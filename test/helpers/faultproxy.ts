@@ -250,7 +250,10 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
       flipAt = Number.isFinite(length) && length > 0 ? Math.floor(Math.random() * length) : 0;
     }
     const write = async (chunk: Buffer): Promise<void> => {
-      if (!res.write(chunk)) await Promise.race([once(res, 'drain'), once(res, 'close')]);
+      if (res.write(chunk)) return;
+      // Cancel the `once` that loses the race, or its listeners pile up on the response.
+      const loser = new AbortController();
+      await Promise.race([once(res, 'drain', { signal: loser.signal }), once(res, 'close', { signal: loser.signal })]).finally(() => loser.abort());
     };
     try {
       if (plan.dropAfter !== undefined) res.flushHeaders();
