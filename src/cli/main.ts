@@ -3,6 +3,7 @@
 import yargs from 'yargs';
 import type { Argv } from 'yargs';
 import { registerBench } from './bench.js';
+import { registerBrowse } from './browse.js';
 import { registerConvert } from './convert.js';
 import { registerInspect } from './inspect.js';
 import { registerLogin } from './login.js';
@@ -34,6 +35,7 @@ function buildParser(argv: string[]): Argv {
   parser = registerLogin(parser);
   parser = registerServe(parser);
   parser = registerRpull(parser);
+  parser = registerBrowse(parser);
   return parser;
 }
 
