@@ -8,6 +8,7 @@ import { registerConvert } from './convert.js';
 import { registerInspect } from './inspect.js';
 import { registerLogin } from './login.js';
 import { registerMount } from './mount.js';
+import { registerProfile } from './profile.js';
 import { registerRpull } from './rpull.js';
 import { registerSample } from './sample.js';
 import { registerServe } from './serve.js';
@@ -36,6 +37,7 @@ function buildParser(argv: string[]): Argv {
   parser = registerServe(parser);
   parser = registerRpull(parser);
   parser = registerBrowse(parser);
+  parser = registerProfile(parser);
   return parser;
 }
 

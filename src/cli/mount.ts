@@ -49,6 +49,12 @@ export function registerMount(y: Argv): Argv {
           .option('mount-timeout', { type: 'number', default: DEFAULT_MOUNT_TIMEOUT_MS / 1000, describe: 'seconds the registry may take to answer while mounting' })
           .option('multi-range', { type: 'boolean', default: false, describe: 'fetch distant runs of missing chunks in one multi-range request (single ranges again if the registry refuses)' })
           .option('max-gap-bytes', { type: 'number', default: DEFAULT_MAX_GAP_BYTES, describe: 'fetch missing chunks at most this many blob bytes apart in one range (gap bytes are fetched and dropped)' })
+          .option('record', { type: 'string', describe: 'when unmounted, write the chunks reads asked for (first-read order) to this profile file' })
+          .option('prefetch', {
+            type: 'string',
+            default: 'auto',
+            describe: 'prefetch from a recorded profile: "auto" (one stored with the image, if any), "none", or a profile file',
+          })
           .option('ready-fd', { type: 'number', hidden: true }),
       async (args) => {
         const mountpoint = resolve(args.mountpoint);
@@ -78,6 +84,8 @@ export function registerMount(y: Argv): Argv {
             mountTimeoutMs: args['mount-timeout'] * 1000,
             multiRange: args['multi-range'],
             maxGapBytes: args['max-gap-bytes'],
+            recordPath: args.record === undefined ? undefined : resolve(args.record),
+            prefetch: args.prefetch === 'auto' || args.prefetch === 'none' ? args.prefetch : { file: resolve(args.prefetch) },
             log: timestampedLog,
           });
         } catch (err) {

@@ -267,12 +267,23 @@ export class OciLayoutStore implements ImageStore {
     }
   }
 
-  async pushManifest(mediaType: string, bytes: Buffer): Promise<Descriptor> {
+  async fetchManifest(target: string): Promise<{ descriptor: Descriptor; bytes: Buffer } | undefined> {
+    const index = await this.readIndex();
+    const entry = target.includes(':')
+      ? index.manifests.find((m) => m.digest === target)
+      : index.manifests.find((m) => m.annotations?.[REF_NAME_ANNOTATION] === target);
+    if (!entry) return undefined;
+    checkDescriptor(entry);
+    const { annotations: _annotations, ...descriptor } = entry;
+    return { descriptor, bytes: await this.readVerified(entry, MAX_MANIFEST_BYTES, 'fetch manifest') };
+  }
+
+  async pushManifest(mediaType: string, bytes: Buffer, options: { tag?: string; untagged?: boolean } = {}): Promise<Descriptor> {
     if (bytes.length > MAX_MANIFEST_BYTES) throw new RangeError(`push manifest ${this.displayName}: manifest of ${bytes.length} bytes exceeds ${MAX_MANIFEST_BYTES}`);
     const descriptor: Descriptor = { mediaType, digest: sha256Digest(bytes), size: bytes.length };
     await this.pushBlob(descriptor, { bytes });
     const { tag, digest } = this.reference;
-    const refName = tag ?? (digest === undefined ? DEFAULT_TAG : undefined);
+    const refName = options.untagged ? undefined : (options.tag ?? tag ?? (digest === undefined ? DEFAULT_TAG : undefined));
     await withIndexLock(this.dir, async () => {
       const index = await this.readIndex();
       let manifests: Descriptor[];

@@ -881,11 +881,22 @@ export class RegistryStore implements ImageStore {
     }
   }
 
-  async pushManifest(mediaType: string, bytes: Buffer): Promise<Descriptor> {
+  async pushManifest(mediaType: string, bytes: Buffer, options: { tag?: string; untagged?: boolean } = {}): Promise<Descriptor> {
     if (bytes.length > MAX_MANIFEST_BYTES) throw new RangeError(`push manifest ${this.displayName}: manifest of ${bytes.length} bytes exceeds ${MAX_MANIFEST_BYTES}`);
     const digest = sha256Digest(bytes);
-    await this.putManifest(mediaType, bytes, this.reference.tag ?? digest, digest);
+    await this.putManifest(mediaType, bytes, options.untagged ? digest : (options.tag ?? this.reference.tag ?? digest), digest);
     return { mediaType, digest, size: bytes.length };
+  }
+
+  async fetchManifest(target: string): Promise<{ descriptor: Descriptor; bytes: Buffer } | undefined> {
+    const byDigest = target.includes(':');
+    try {
+      const got = await this.getManifest(target, byDigest ? { digest: target } : undefined, 'fetch manifest', 'pull');
+      return { descriptor: { mediaType: got.contentType ?? '', digest: got.digest, size: got.bytes.length }, bytes: got.bytes };
+    } catch (err) {
+      if (err instanceof RegistryError && err.status === 404) return undefined;
+      throw err;
+    }
   }
 
   private async putManifest(mediaType: string, bytes: Buffer, target: string, digest: string): Promise<void> {

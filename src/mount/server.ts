@@ -4,7 +4,7 @@
 // Every step is recorded in the mount state before the next one, so a crash leaves something
 // `erofs-lazy umount --all` can undo.
 import { existsSync } from 'node:fs';
-import { mkdir, stat } from 'node:fs/promises';
+import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { join } from 'node:path';
 import { createMemoryChunkCache, openDiskChunkCache, openWholeLayerCache } from '../cache/index.js';
@@ -20,13 +20,21 @@ import { multiRangeFetcherFromStore, openLazyLayer, rangeFetcherFromStore, Regis
 import type { LazyLayer } from '../reader/index.js';
 import { zeroReadCounters } from '../reader/types.js';
 import type { LayerStats } from '../reader/types.js';
+import { findProfile } from '../prefetch/artifact.js';
+import { chunksOfLayer, parseProfile, profileFromLayers, serializeProfile } from '../prefetch/profile.js';
+import type { PrefetchProfile } from '../prefetch/profile.js';
 import { serveStats, summarize } from './stats.js';
-import type { MountStats } from './stats.js';
+import type { MountStats, PrefetchStatus } from './stats.js';
 import { mountDirFor, processAlive, readState, STATE_FILE_NAME, writeState } from './state.js';
 import type { LayerMountRecord, MountState } from './state.js';
 import { attachLoop, mountErofs, mountOverlay } from './system.js';
 import { teardownMount } from './teardown.js';
 import { fetchWholeLayer } from './wholelayer.js';
+
+/** An error as one line, for the log and stats. */
+function oneLine(err: unknown): string {
+  return (err instanceof Error ? err.message : String(err)).replace(/\s*\n\s*/g, ' ');
+}
 
 /** How often the serving process checks that its mount record still exists. */
 const WATCHDOG_INTERVAL_MS = 2_000;
@@ -55,6 +63,13 @@ export interface MountOptions {
   multiRange?: boolean;
   /** Missing chunks separated by at most this many blob bytes are fetched in one range (default DEFAULT_MAX_GAP_BYTES). */
   maxGapBytes?: number;
+  /** Write the chunks reads asked for, in first-read order, to this file when the mount stops. */
+  recordPath?: string;
+  /**
+   * Prefetch from a recorded profile after mounting: 'auto' looks for one stored with the image (a referrer
+   * artifact), a path reads that file, 'none' (the default) turns prefetch off.
+   */
+  prefetch?: 'auto' | 'none' | { file: string };
   log: (line: string) => void;
 }
 
@@ -102,6 +117,7 @@ export class MountServer {
   private watchdog?: NodeJS.Timeout;
   private readonly startedAt = Date.now();
   private stopping?: Promise<void>;
+  private prefetchStatus?: PrefetchStatus;
 
   private constructor(
     private state: MountState,
@@ -178,6 +194,7 @@ export class MountServer {
       server.statsServer = await serveStats(state.statsSocket, () => server.stats());
       server.watchdog = setInterval(() => server.checkRecord(), WATCHDOG_INTERVAL_MS);
       server.watchdog.unref();
+      if (options.prefetch !== undefined && options.prefetch !== 'none') server.startPrefetch(options.prefetch, resolved.descriptor);
       return server;
     } catch (err) {
       await teardownMount(state, { unmountFuse: async () => fuse?.unmount() }).catch((e: Error) =>
@@ -221,6 +238,56 @@ export class MountServer {
   }
 
   /**
+   * Prefetches the chunks of a recorded profile in the background (reads keep priority: prefetch requests
+   * only take free request slots). Failures are logged and shown in stats; they never fail the mount.
+   */
+  private startPrefetch(source: 'auto' | { file: string }, image: Descriptor): void {
+    const started = Date.now();
+    const lazyLayers = this.layers.flatMap((l) => (l.lazy ? [l.lazy] : []));
+    const run = async (): Promise<void> => {
+      let profile: PrefetchProfile | undefined;
+      let origin: string;
+      if (source === 'auto') {
+        profile = await withTimeout(findProfile(this.store, image), this.options.mountTimeoutMs, 'looking for a prefetch profile');
+        origin = `registry referrer of ${image.digest}`;
+        if (!profile) {
+          this.options.log(`prefetch: no profile stored with ${image.digest}`);
+          return;
+        }
+      } else {
+        origin = source.file;
+        profile = parseProfile(await readFile(source.file), source.file);
+      }
+      const plan = lazyLayers.map((layer) => ({ layer, chunks: chunksOfLayer(profile, layer.layerDigest) }));
+      const status: PrefetchStatus = { source: origin, chunks: plan.reduce((n, p) => n + p.chunks.length, 0), state: 'running' };
+      this.prefetchStatus = status;
+      this.options.log(`prefetch: ${status.chunks} chunks from ${origin}`);
+      const results = await Promise.allSettled(plan.filter((p) => p.chunks.length > 0).map((p) => p.layer.prefetch(p.chunks)));
+      status.ms = Date.now() - started;
+      const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      status.state = failed ? 'failed' : 'done';
+      if (failed) status.error = oneLine(failed.reason);
+      this.options.log(`prefetch: ${status.state} in ${status.ms} ms${failed ? `: ${status.error}` : ''}`);
+    };
+    run().catch((err: unknown) => {
+      this.prefetchStatus = { source: source === 'auto' ? 'registry' : source.file, chunks: 0, state: 'failed', ms: Date.now() - started, error: oneLine(err) };
+      this.options.log(`prefetch: failed: ${oneLine(err)}`);
+    });
+  }
+
+  /** Writes the profile of what reads asked for so far (recordPath), atomically. */
+  private async writeRecord(): Promise<void> {
+    const path = this.options.recordPath;
+    if (path === undefined) return;
+    const lazyLayers = this.layers.flatMap((l) => (l.lazy ? [l.lazy] : []));
+    const profile = profileFromLayers(this.state.manifestDigest ?? '', lazyLayers);
+    const temp = `${path}.tmp-${process.pid}`;
+    await writeFile(temp, serializeProfile(profile));
+    await rename(temp, path);
+    this.options.log(`recorded ${profile.chunks.length} chunks to ${path}`);
+  }
+
+  /**
    * A mount whose record was removed behind its back (its dirs deleted, its mounts forced away) has nothing
    * left to serve: tear down what remains and exit instead of lingering.
    */
@@ -246,6 +313,7 @@ export class MountServer {
       registry: this.store instanceof RegistryStore ? { ...this.store.stats } : undefined,
       memoryCache: { bytes: this.memory.size, maxBytes: this.memory.maxSize },
       diskCache: { root: this.disk.root, maxBytes: this.disk.maxBytes, corruptEntries: this.disk.corruptEntries },
+      ...(this.prefetchStatus ? { prefetch: { ...this.prefetchStatus } } : {}),
     };
   }
 
@@ -253,6 +321,7 @@ export class MountServer {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       clearInterval(this.watchdog);
+      await this.writeRecord().catch((err: unknown) => this.options.log(`could not write the prefetch record ${this.options.recordPath}: ${oneLine(err)}`));
       const current = (await readState(this.state.dir)) ?? this.state;
       await teardownMount(current, { unmountFuse: async () => this.fuse?.unmount() });
       this.statsServer?.close();

@@ -28,6 +28,19 @@ export interface MountStats {
   registry?: RegistryClientStats;
   memoryCache: { bytes: number; maxBytes: number };
   diskCache: { root: string; maxBytes: number; corruptEntries: number };
+  /** Prefetch from a recorded profile, when one was found. */
+  prefetch?: PrefetchStatus;
+}
+
+export interface PrefetchStatus {
+  /** Where the profile came from: a file path, or the registry artifact's digest. */
+  source: string;
+  /** Chunks the profile names for this image's lazy layers. */
+  chunks: number;
+  state: 'running' | 'done' | 'failed';
+  /** Time from mount ready to the end of the prefetch. */
+  ms?: number;
+  error?: string;
 }
 
 export function summarize(layers: LayerStats[]): MountStats['total'] {

@@ -58,8 +58,17 @@ export interface ImageStore {
    */
   pushBlob(desc: Descriptor, content: BlobContent, options?: { crossMountFrom?: string }): Promise<void>;
 
-  /** Stores a manifest (or index) under the store's tag, or by digest only when there is none. */
-  pushManifest(mediaType: string, bytes: Buffer): Promise<Descriptor>;
+  /**
+   * Stores a manifest (or index) under `options.tag`, else the store's tag, or by digest only when there is
+   * none or `options.untagged` is set.
+   */
+  pushManifest(mediaType: string, bytes: Buffer, options?: { tag?: string; untagged?: boolean }): Promise<Descriptor>;
+
+  /**
+   * Reads the manifest or index a tag (or digest) names in the store's repository, as stored; undefined when
+   * there is none. Digest-named manifests are verified; a tag's bytes are what the registry serves for it.
+   */
+  fetchManifest?(target: string): Promise<{ descriptor: Descriptor; bytes: Buffer } | undefined>;
 
   /** Releases connections. */
   close(): Promise<void>;

@@ -164,6 +164,9 @@ export class LazyLayer implements LayerFileSource {
   readonly #inflight = new Map<number, Deferred>();
   /** End offset of the latest read, for sequential detection (none yet: never sequential). */
   #lastReadEnd = Number.POSITIVE_INFINITY;
+  /** First read of each chunk, in order: [chunk, performance.now()] (for prefetch profiles). */
+  readonly #accessLog: Array<readonly [number, number]> = [];
+  readonly #accessed: Uint8Array;
   /** Chunks found locally or fetched at least once (for fractionFetched). */
   readonly #present: Uint8Array;
   #presentCount = 0;
@@ -205,6 +208,12 @@ export class LazyLayer implements LayerFileSource {
     this.#readahead = Math.floor(checkPositive('readaheadChunks', options.readaheadChunks ?? DEFAULT_READAHEAD_CHUNKS, true));
     this.#integrityRetries = Math.floor(checkPositive('integrityRetries', options.integrityRetries ?? DEFAULT_INTEGRITY_RETRIES, true));
     this.#present = new Uint8Array(table.chunkCount);
+    this.#accessed = new Uint8Array(table.chunkCount);
+  }
+
+  /** The chunks reads have asked for, each once, in the order of their first read, with its time. */
+  accessLog(): ReadonlyArray<readonly [chunk: number, at: number]> {
+    return this.#accessLog;
   }
 
   /** Most range requests this layer has had in flight at once. */
@@ -254,7 +263,12 @@ export class LazyLayer implements LayerFileSource {
     const chunks: Array<Buffer | Promise<Buffer>> = [];
     const owned: Flights = new Map();
     let waiting = false;
+    const now = performance.now();
     for (const slice of slices) {
+      if (this.#accessed[slice.index] === 0) {
+        this.#accessed[slice.index] = 1;
+        this.#accessLog.push([slice.index, now]);
+      }
       const cached = this.#fromMemory(slice.index);
       if (cached) {
         chunks.push(cached);
@@ -303,9 +317,10 @@ export class LazyLayer implements LayerFileSource {
   }
 
   /**
-   * Fetches chunks ahead of need, with lower priority than reads: skips chunks in memory, on disk or in flight
-   * (waits for those in flight). Resolves when all are cached; rejects with an AggregateError naming the chunks
-   * that could not be fetched.
+   * Fetches chunks ahead of need, with lower priority than reads, in the order given (a recorded profile's
+   * first-access order; neighbours in that order that are adjacent chunks share one request): skips chunks in
+   * memory, on disk or in flight (waits for those in flight). Resolves when all are cached; rejects with an
+   * AggregateError naming the chunks that could not be fetched.
    */
   async prefetch(indices: number[]): Promise<void> {
     for (const index of indices) {
@@ -313,8 +328,8 @@ export class LazyLayer implements LayerFileSource {
         throw new RangeError(`layer ${this.layerDigest}: prefetch chunk index ${index} out of range [0, ${this.table.chunkCount})`);
       }
     }
-    const candidates = [...new Set(indices)].sort((a, b) => a - b).filter((i) => !this.#fromMemory(i, false));
-    const runs = groupFrameRuns(this.table, candidates, { maxGapBytes: 0, maxRequestBytes: this.#maxRequestBytes });
+    const candidates = [...new Set(indices)].filter((i) => !this.#fromMemory(i, false));
+    const runs = this.#orderedRuns(candidates);
     const errors: unknown[] = [];
     const waits: Array<Promise<Buffer>> = [];
     let next = 0;
@@ -344,6 +359,22 @@ export class LazyLayer implements LayerFileSource {
     if (errors.length > 0) {
       throw new AggregateError(errors, `layer ${this.layerDigest}: prefetch of ${candidates.length} chunks: ${errors.length} failed (first: ${messageOf(errors[0])})`);
     }
+  }
+
+  /** Runs of `indices` in their given order: an index one past the previous one joins its run (size-bounded). */
+  #orderedRuns(indices: number[]): FrameRun[] {
+    const runs: FrameRun[] = [];
+    let group: number[] = [];
+    const flush = (): void => {
+      if (group.length > 0) runs.push(...groupFrameRuns(this.table, group, { maxGapBytes: 0, maxRequestBytes: this.#maxRequestBytes }));
+      group = [];
+    };
+    for (const index of indices) {
+      if (group.length > 0 && index !== group[group.length - 1]! + 1) flush();
+      group.push(index);
+    }
+    flush();
+    return runs;
   }
 
   /** Waits until every chunk written so far has reached the disk cache (or failed to). */

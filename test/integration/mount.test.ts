@@ -18,6 +18,8 @@ import { startFaultProxy } from '../helpers/faultproxy.js';
 import { startRegistry } from '../helpers/registry.js';
 import type { TestRegistry } from '../helpers/registry.js';
 import { tempDir } from '../helpers/tmp.js';
+import { assertNothingLeft, mountImage } from '../helpers/mountcli.js';
+import type { MountHandle } from '../helpers/mountcli.js';
 import { diffTrees, snapshotTree } from '../helpers/tree.js';
 
 const execFileAsync = promisify(execFile);
@@ -27,58 +29,6 @@ const SMALL_FILES = 40;
 const FAULT_READ_TIMEOUT_S = 4;
 /** How long reads may take to notice that the registry is back. */
 const RECOVERY_WAIT_S = 5;
-
-interface MountHandle {
-  mountpoint: string;
-  stateDir: string;
-  cacheDir: string;
-  stats(): Promise<MountStats>;
-  umount(): Promise<void>;
-}
-
-/** Nothing of the mount may remain: no FUSE/erofs/overlay mount under the dirs, no loop device, no process. */
-async function assertNothingLeft(dirs: string[]): Promise<void> {
-  const mountinfo = await readFile('/proc/self/mountinfo', 'utf8');
-  const points = mountinfo.split('\n').map((l) => l.split(' ')[4] ?? '');
-  for (const d of dirs) {
-    assert.deepEqual(points.filter((p) => p === d || p.startsWith(`${d}/`)), [], `mounts left under ${d}`);
-  }
-  const loops = execFileSync('losetup', ['--noheadings', '--output', 'BACK-FILE', '--list'], { encoding: 'utf8' });
-  for (const d of dirs) assert.ok(!loops.split('\n').some((f) => f.trim().startsWith(`${d}/`)), `loop devices left for ${d}: ${loops}`);
-  const ps = execFileSync('ps', ['-eo', 'pid,args'], { encoding: 'utf8' });
-  for (const d of dirs) assert.ok(!ps.split('\n').some((l) => l.includes('erofs-lazy') && l.includes(d)), `process left for ${d}`);
-}
-
-async function mountImage(t: TestContext, ref: string, extra: string[] = [], dirs?: { stateDir?: string; cacheDir?: string }): Promise<MountHandle> {
-  let stateDir = '';
-  // A clean `umount --all` first, then anything left is released and killed, so no test leaks a mount
-  // or a serving process even when it fails half-way.
-  const base = await tempDir(t, 'erofs-lazy-test-', async (dir) => {
-    await runCli(['umount', '--all', '--state-dir', stateDir]);
-    execFileSync('pkill', ['-KILL', '-f', `erofs-lazy.js mount .* ${dir}/`], { stdio: 'ignore' });
-  });
-  const mountpoint = join(base, 'mnt');
-  stateDir = dirs?.stateDir ?? join(base, 'state');
-  const cacheDir = dirs?.cacheDir ?? join(base, 'cache');
-  const res = await runCli(['mount', ref, mountpoint, '--state-dir', stateDir, '--cache-dir', cacheDir, ...extra]);
-  assert.equal(res.code, 0, `mount failed: ${res.stderr}`);
-  const handle: MountHandle = {
-    mountpoint,
-    stateDir,
-    cacheDir,
-    async stats() {
-      const s = await runCli(['stats', mountpoint, '--state-dir', stateDir, '--json']);
-      assert.equal(s.code, 0, s.stderr);
-      return JSON.parse(s.stdout) as MountStats;
-    },
-    async umount() {
-      const u = await runCli(['umount', mountpoint, '--state-dir', stateDir]);
-      assert.equal(u.code, 0, `umount failed: ${u.stderr}`);
-      await assertNothingLeft([base, stateDir]);
-    },
-  };
-  return handle;
-}
 
 function sha256(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex');

@@ -1,0 +1,104 @@
+// Prefetch profiles: round trip, strict parsing of hostile documents, per-layer chunk order, merging of
+// layers' access logs in global first-access order, and LazyLayer's access log and ordered prefetch.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { createMemoryChunkCache } from '../../src/cache/memory.js';
+import {
+  chunksOfLayer,
+  MAX_PROFILE_BYTES,
+  parseProfile,
+  profileFromLayers,
+  PROFILE_MEDIA_TYPE,
+  ProfileFormatError,
+  serializeProfile,
+  type PrefetchProfile,
+} from '../../src/prefetch/profile.js';
+import { referrersTag } from '../../src/prefetch/artifact.js';
+import { InlineDecoder, openLazyLayer } from '../../src/reader/index.js';
+import { encodeInMemory, makeImage } from '../fixtures/chunktable/helpers.js';
+
+const A = `sha256:${'a'.repeat(64)}`;
+const B = `sha256:${'b'.repeat(64)}`;
+const IMAGE = `sha256:${'c'.repeat(64)}`;
+
+test('a profile survives serialize → parse', () => {
+  const profile: PrefetchProfile = { image: IMAGE, layers: [A, B], chunks: [[1, 0], [0, 5], [0, 6], [1, 9]] };
+  assert.deepEqual(parseProfile(serializeProfile(profile), 'test'), profile);
+});
+
+test('hostile or malformed profiles are ProfileFormatErrors naming their origin', () => {
+  const good = { mediaType: PROFILE_MEDIA_TYPE, version: 1, image: IMAGE, layers: [A], chunks: [[0, 1]] };
+  const cases: Array<[string, unknown]> = [
+    ['not an object', [1, 2]],
+    ['wrong media type', { ...good, mediaType: 'application/json' }],
+    ['future version', { ...good, version: 2 }],
+    ['image not a digest', { ...good, image: 'latest' }],
+    ['layer not a digest', { ...good, layers: ['sha256:xyz'] }],
+    ['chunk entry not a pair', { ...good, chunks: [[0]] }],
+    ['negative chunk', { ...good, chunks: [[0, -1]] }],
+    ['fractional chunk', { ...good, chunks: [[0, 1.5]] }],
+    ['layer index out of range', { ...good, chunks: [[1, 0]] }],
+  ];
+  for (const [what, doc] of cases) {
+    assert.throws(() => parseProfile(Buffer.from(JSON.stringify(doc)), 'file.json'), (err: unknown) => err instanceof ProfileFormatError && err.message.startsWith('file.json: '), what);
+  }
+  assert.throws(() => parseProfile(Buffer.from('{nope'), 'x'), ProfileFormatError);
+  assert.throws(() => parseProfile(Buffer.alloc(MAX_PROFILE_BYTES + 1, 0x20), 'x'), /exceeds/);
+});
+
+test('chunksOfLayer keeps first-access order, once per chunk, matching the layer by digest', () => {
+  const profile: PrefetchProfile = { image: IMAGE, layers: [A, B, A], chunks: [[0, 3], [1, 1], [2, 0], [0, 3], [2, 7]] };
+  assert.deepEqual(chunksOfLayer(profile, A), [3, 0, 7]);
+  assert.deepEqual(chunksOfLayer(profile, B), [1]);
+  assert.deepEqual(chunksOfLayer(profile, `sha256:${'d'.repeat(64)}`), []);
+});
+
+test('profileFromLayers merges access logs by time', () => {
+  const profile = profileFromLayers(IMAGE, [
+    { layerDigest: A, accessLog: () => [[4, 10], [5, 30]] },
+    { layerDigest: B, accessLog: () => [[0, 20], [1, 40]] },
+  ]);
+  assert.deepEqual(profile, { image: IMAGE, layers: [A, B], chunks: [[0, 4], [1, 0], [0, 5], [1, 1]] });
+});
+
+test('referrersTag follows the OCI referrers tag schema', () => {
+  assert.equal(referrersTag(A), `sha256-${'a'.repeat(64)}`);
+});
+
+test('a LazyLayer logs first reads in order and prefetches in the given order, adjacent chunks in one request', async () => {
+  const chunk = 16 * 1024;
+  const image = makeImage(12 * chunk, 5);
+  const { blob, desc } = await encodeInMemory(image, { chunkSize: chunk });
+  const requests: Array<[number, number]> = [];
+  const layer = await openLazyLayer({
+    descriptor: desc,
+    fetchRange: async (start, end) => {
+      requests.push([start, end]);
+      return Buffer.from(blob.subarray(start, end));
+    },
+    memory: createMemoryChunkCache(64 * chunk),
+    options: { readaheadChunks: 0, decoder: new InlineDecoder() },
+    log: () => undefined,
+  });
+  try {
+    await layer.read(5 * chunk + 10, 100);
+    await layer.read(1 * chunk, 2 * chunk);
+    await layer.read(5 * chunk, 10);
+    assert.deepEqual(
+      layer.accessLog().map(([c]) => c),
+      [5, 1, 2],
+    );
+    const table = layer.table;
+    requests.length = 0;
+    await layer.prefetch([9, 10, 7, 3]);
+    assert.deepEqual(requests, [
+      [table.frameRange(9).start, table.frameRange(10).end],
+      [table.frameRange(7).start, table.frameRange(7).end],
+      [table.frameRange(3).start, table.frameRange(3).end],
+    ]);
+    assert.deepEqual(await layer.read(7 * chunk, chunk), image.subarray(7 * chunk, 8 * chunk));
+    assert.equal(requests.length, 3, 'prefetched chunks are served from memory');
+  } finally {
+    await layer.close();
+  }
+});
