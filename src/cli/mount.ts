@@ -3,7 +3,10 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Argv } from 'yargs';
 import { DEFAULT_CACHE_DIR, DEFAULT_DISK_CACHE_MAX_BYTES, DEFAULT_MEMORY_CACHE_BYTES } from '../cache/index.js';
+import { DEFAULT_BACKGROUND_BYTES_PER_SECOND } from '../prefetch/background.js';
 import { DEFAULT_MAX_GAP_BYTES, DEFAULT_READ_DEADLINE_MS } from '../reader/index.js';
+
+const MiB = 1024 * 1024;
 import { notifyParent, startInBackground } from '../mount/daemon.js';
 import { DEFAULT_MOUNT_TIMEOUT_MS, MountServer } from '../mount/server.js';
 import { fetchStats } from '../mount/stats.js';
@@ -55,6 +58,8 @@ export function registerMount(y: Argv): Argv {
             default: 'auto',
             describe: 'prefetch from a recorded profile: "auto" (one stored with the image, if any), "none", or a profile file',
           })
+          .option('background-fetch', { type: 'boolean', default: false, describe: 'once reads are quiet, fetch the rest of the layers in the background (paused by reads)' })
+          .option('background-rate', { type: 'number', default: DEFAULT_BACKGROUND_BYTES_PER_SECOND / MiB, describe: 'MiB/s of background fetching' })
           .option('ready-fd', { type: 'number', hidden: true }),
       async (args) => {
         const mountpoint = resolve(args.mountpoint);
@@ -85,6 +90,7 @@ export function registerMount(y: Argv): Argv {
             multiRange: args['multi-range'],
             maxGapBytes: args['max-gap-bytes'],
             recordPath: args.record === undefined ? undefined : resolve(args.record),
+            backgroundBytesPerSecond: args['background-fetch'] ? args['background-rate'] * MiB : undefined,
             prefetch: args.prefetch === 'auto' || args.prefetch === 'none' ? args.prefetch : { file: resolve(args.prefetch) },
             log: timestampedLog,
           });

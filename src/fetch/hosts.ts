@@ -1,9 +1,10 @@
 // containerd-style registry host configuration: `<hostsDir>/<host>/hosts.toml` (or `<hostsDir>/_default/
 // hosts.toml` when the host has no directory) turned into an ordered list of endpoints: each `[host."URL"]`
-// table as written, then the `server` (default: the registry's own API host, https unless loopback or plain
-// HTTP is asked for). Per endpoint: capabilities (pull/resolve/push), TLS material (ca, client cert/key,
-// skip_verify), override_path and extra headers. A missing directory or file means "no mirrors"; a malformed
-// file is an error naming the file and key. TLS files are read by readEndpointTls(), errors name the path.
+// table as written, then the `server` (default: the registry's own API host, https unless plain HTTP is asked
+// for or the host is loopback without `ca`/`client` at the top level). Per endpoint: capabilities
+// (pull/resolve/push), TLS material (ca, client cert/key, skip_verify), override_path and extra headers. A
+// missing directory or file means "no mirrors"; a malformed file is an error naming the file and key. TLS
+// files are read by readEndpointTls(), errors name the path.
 import { readFileSync } from 'node:fs';
 import { rootCertificates } from 'node:tls';
 import { isAbsolute, join, resolve } from 'node:path';
@@ -106,8 +107,9 @@ function clientPairsOf(value: unknown, ctx: Ctx, key: string): { certFile: strin
   if (!Array.isArray(value)) throw bad();
   return value.map((item: unknown) => {
     if (typeof item === 'string' && item !== '') return { certFile: abs(item), keyFile: abs(item) };
-    if (Array.isArray(item) && item.length === 2 && item.every((p) => typeof p === 'string' && p !== '')) {
-      return { certFile: abs(item[0] as string), keyFile: abs(item[1] as string) };
+    // containerd accepts [cert, key] and [cert] (a file holding both).
+    if (Array.isArray(item) && (item.length === 1 || item.length === 2) && item.every((p) => typeof p === 'string' && p !== '')) {
+      return { certFile: abs(item[0] as string), keyFile: abs((item[1] ?? item[0]) as string) };
     }
     throw bad();
   });
@@ -205,7 +207,10 @@ export function parseHostsToml(text: string, file: string, registry: string, opt
   const server = doc['server'];
   if (server !== undefined && typeof server !== 'string') throw new HostsConfigError(file, 'server', 'must be a URL string');
   const apiHost = options.apiHost ?? registry;
-  const serverUrl = server ?? defaultEndpoint(apiHost, options.plainHttp).origin;
+  // TLS material for the server means it speaks TLS, also on loopback (plain HTTP there otherwise, as containerd
+  // 1.6 does; containerd 1.7 tries HTTPS first): ca/client given without a server are never silently unused.
+  const tlsForServer = doc['ca'] !== undefined || doc['client'] !== undefined;
+  const serverUrl = server ?? (tlsForServer && options.plainHttp !== true ? `https://${apiHost}` : defaultEndpoint(apiHost, options.plainHttp).origin);
   const top = endpointFrom(serverUrl, doc, ctx, '', false);
   endpoints.push(top);
   return endpoints;

@@ -21,6 +21,7 @@ import type { LazyLayer } from '../reader/index.js';
 import { zeroReadCounters } from '../reader/types.js';
 import type { LayerStats } from '../reader/types.js';
 import { findProfile } from '../prefetch/artifact.js';
+import { BackgroundFetcher } from '../prefetch/background.js';
 import { chunksOfLayer, parseProfile, profileFromLayers, serializeProfile } from '../prefetch/profile.js';
 import type { PrefetchProfile } from '../prefetch/profile.js';
 import { serveStats, summarize } from './stats.js';
@@ -70,6 +71,8 @@ export interface MountOptions {
    * artifact), a path reads that file, 'none' (the default) turns prefetch off.
    */
   prefetch?: 'auto' | 'none' | { file: string };
+  /** Fetch the rest of the lazy layers in the background once reads are quiet, at this many bytes/s (off when absent). */
+  backgroundBytesPerSecond?: number;
   log: (line: string) => void;
 }
 
@@ -118,6 +121,7 @@ export class MountServer {
   private readonly startedAt = Date.now();
   private stopping?: Promise<void>;
   private prefetchStatus?: PrefetchStatus;
+  private background?: BackgroundFetcher;
 
   private constructor(
     private state: MountState,
@@ -195,6 +199,10 @@ export class MountServer {
       server.watchdog = setInterval(() => server.checkRecord(), WATCHDOG_INTERVAL_MS);
       server.watchdog.unref();
       if (options.prefetch !== undefined && options.prefetch !== 'none') server.startPrefetch(options.prefetch, resolved.descriptor);
+      const lazyLayers = opened.flatMap((l) => (l.lazy ? [l.lazy] : []));
+      if (options.backgroundBytesPerSecond !== undefined && lazyLayers.length > 0) {
+        server.background = new BackgroundFetcher(lazyLayers, { bytesPerSecond: options.backgroundBytesPerSecond, log: options.log });
+      }
       return server;
     } catch (err) {
       await teardownMount(state, { unmountFuse: async () => fuse?.unmount() }).catch((e: Error) =>
@@ -314,6 +322,7 @@ export class MountServer {
       memoryCache: { bytes: this.memory.size, maxBytes: this.memory.maxSize },
       diskCache: { root: this.disk.root, maxBytes: this.disk.maxBytes, corruptEntries: this.disk.corruptEntries },
       ...(this.prefetchStatus ? { prefetch: { ...this.prefetchStatus } } : {}),
+      ...(this.background ? { background: { ...this.background.status } } : {}),
     };
   }
 
@@ -321,6 +330,7 @@ export class MountServer {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       clearInterval(this.watchdog);
+      await this.background?.stop();
       await this.writeRecord().catch((err: unknown) => this.options.log(`could not write the prefetch record ${this.options.recordPath}: ${oneLine(err)}`));
       const current = (await readState(this.state.dir)) ?? this.state;
       await teardownMount(current, { unmountFuse: async () => this.fuse?.unmount() });

@@ -1,5 +1,6 @@
 // Mount statistics: the per-layer counters of the read path summed into a report, served by the mount
 // process over HTTP on a unix socket in its private directory, and read by `erofs-lazy stats`.
+import type { BackgroundFetchStatus } from '../prefetch/background.js';
 import { createServer, request } from 'node:http';
 import type { Server } from 'node:http';
 import type { RegistryClientStats } from '../fetch/index.js';
@@ -30,6 +31,8 @@ export interface MountStats {
   diskCache: { root: string; maxBytes: number; corruptEntries: number };
   /** Prefetch from a recorded profile, when one was found. */
   prefetch?: PrefetchStatus;
+  /** Background fetch of the rest of the layers, when turned on. */
+  background?: BackgroundFetchStatus;
 }
 
 export interface PrefetchStatus {

@@ -167,6 +167,7 @@ export class LazyLayer implements LayerFileSource {
   /** First read of each chunk, in order: [chunk, performance.now()] (for prefetch profiles). */
   readonly #accessLog: Array<readonly [number, number]> = [];
   readonly #accessed: Uint8Array;
+  #lastReadAt = Number.NEGATIVE_INFINITY;
   /** Chunks found locally or fetched at least once (for fractionFetched). */
   readonly #present: Uint8Array;
   #presentCount = 0;
@@ -209,6 +210,16 @@ export class LazyLayer implements LayerFileSource {
     this.#integrityRetries = Math.floor(checkPositive('integrityRetries', options.integrityRetries ?? DEFAULT_INTEGRITY_RETRIES, true));
     this.#present = new Uint8Array(table.chunkCount);
     this.#accessed = new Uint8Array(table.chunkCount);
+  }
+
+  /** performance.now() of the latest read (−Infinity before the first), so background work can yield to reads. */
+  get lastReadAt(): number {
+    return this.#lastReadAt;
+  }
+
+  /** Whether chunk `index` has been found locally or fetched since the layer was opened. */
+  isPresent(index: number): boolean {
+    return this.#present[index] === 1;
   }
 
   /** The chunks reads have asked for, each once, in the order of their first read, with its time. */
@@ -264,6 +275,7 @@ export class LazyLayer implements LayerFileSource {
     const owned: Flights = new Map();
     let waiting = false;
     const now = performance.now();
+    this.#lastReadAt = now;
     for (const slice of slices) {
       if (this.#accessed[slice.index] === 0) {
         this.#accessed[slice.index] = 1;

@@ -77,7 +77,7 @@ ca = "server-ca.pem"
 [host."https://m.example/api/v2/proxy"]
   override_path = true
   ca = ["a.pem", "/abs/b.pem"]
-  client = [["c.crt", "c.key"], "both.pem"]
+  client = [["c.crt", "c.key"], "both.pem", ["one.pem"]]
   skip_verify = true
   [host."https://m.example/api/v2/proxy".header]
     X-Token = "t"
@@ -91,6 +91,7 @@ ca = "server-ca.pem"
     clientPairs: [
       { certFile: join(dir, 'c.crt'), keyFile: join(dir, 'c.key') },
       { certFile: join(dir, 'both.pem'), keyFile: join(dir, 'both.pem') },
+      { certFile: join(dir, 'one.pem'), keyFile: join(dir, 'one.pem') },
     ],
     skipVerify: true,
   });
@@ -120,7 +121,7 @@ test('malformed files are rejected naming the file and the key', () => {
     ['[host."https://m.example"]\nskip_verify = "yes"', /\.skip_verify: must be true or false/],
     ['[host."https://m.example"]\noverride_path = 1', /\.override_path: must be true or false/],
     ['[host."https://m.example"]\nca = 3', /\.ca: must be a path or a list of paths/],
-    ['[host."https://m.example"]\nclient = [["only-one"]]', /\.client: must be/],
+    ['[host."https://m.example"]\nclient = [["a", "b", "c"]]', /\.client: must be/],
     ['[host."https://m.example"]\nheader = 3', /\.header: must be a table/],
     ['[host."https://m.example"]\nbogus = 1', /\.bogus: unknown key/],
     ['[host."https://u:p@m.example"]', /must not carry user info/],

@@ -14,6 +14,7 @@ import {
   type PrefetchProfile,
 } from '../../src/prefetch/profile.js';
 import { referrersTag } from '../../src/prefetch/artifact.js';
+import { BackgroundFetcher } from '../../src/prefetch/background.js';
 import { InlineDecoder, openLazyLayer } from '../../src/reader/index.js';
 import { encodeInMemory, makeImage } from '../fixtures/chunktable/helpers.js';
 
@@ -98,6 +99,50 @@ test('a LazyLayer logs first reads in order and prefetches in the given order, a
     ]);
     assert.deepEqual(await layer.read(7 * chunk, chunk), image.subarray(7 * chunk, 8 * chunk));
     assert.equal(requests.length, 3, 'prefetched chunks are served from memory');
+  } finally {
+    await layer.close();
+  }
+});
+
+test('background fetch fills every missing chunk after reads go quiet, pauses for reads, and keeps to its rate', async () => {
+  const chunk = 16 * 1024;
+  const image = makeImage(20 * chunk, 9);
+  const { blob, desc } = await encodeInMemory(image, { chunkSize: chunk });
+  let requests = 0;
+  const layer = await openLazyLayer({
+    descriptor: desc,
+    fetchRange: async (start, end) => {
+      requests++;
+      return Buffer.from(blob.subarray(start, end));
+    },
+    memory: createMemoryChunkCache(64 * chunk),
+    options: { readaheadChunks: 0, decoder: new InlineDecoder() },
+    log: () => undefined,
+  });
+  try {
+    await layer.read(0, 10);
+    const requestsBefore = requests; // the chunk table and chunk 0
+    const blobBytes = layer.table.frameRange(19).end - layer.table.frameRange(0).start;
+    const rate = blobBytes * 4; // the whole layer in about 250 ms
+    const started = performance.now();
+    const filler = new BackgroundFetcher([layer], { bytesPerSecond: rate, quietMs: 100 });
+    // Keep reading for a while: the filler must wait.
+    for (let i = 0; i < 4; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      await layer.read(0, 10);
+    }
+    const requestsWhileBusy = requests;
+    while (filler.status.state === 'running') await new Promise((r) => setTimeout(r, 20));
+    const elapsed = performance.now() - started;
+    assert.equal(filler.status.state, 'done');
+    assert.ok(filler.status.pauses >= 1, 'paused while reads came in');
+    assert.equal(requestsWhileBusy, requestsBefore, 'no background request while reads were coming in');
+    for (let i = 0; i < 20; i++) assert.ok(layer.isPresent(i), `chunk ${i} present`);
+    assert.equal(filler.status.chunks, 19);
+    // 200 ms of reads + 100 ms quiet + the other 19 chunks at the rate: a lower bound that cannot flake.
+    assert.ok(elapsed >= 300 + ((filler.status.bytes / rate) * 1000) * 0.9, `took ${elapsed.toFixed(0)} ms`);
+    assert.deepEqual(await layer.read(15 * chunk, chunk), image.subarray(15 * chunk, 16 * chunk));
+    await filler.stop();
   } finally {
     await layer.close();
   }
