@@ -30,7 +30,7 @@
 // update it, and a put evicts from its front until the total is under `maxBytes`. Hits also refresh the file's
 // mtime (at most once per LAST_USE_TOUCH_INTERVAL_MS) so that other processes' scans see the use. Entries
 // written by other processes after our scan are unknown to our index until they are read or rescanned.
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, webcrypto } from 'node:crypto';
 import type { Stats } from 'node:fs';
 import { lstat, mkdir, open, opendir, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -128,7 +128,15 @@ function sha256(data: Uint8Array | string): Buffer {
   return createHash('sha256').update(data).digest();
 }
 
-function encodeHeader(key: ResolvedKey, data: Buffer): Buffer {
+/**
+ * SHA-256 of chunk data on libuv's thread pool (WebCrypto digests run there): hashing a 4 MiB chunk costs
+ * milliseconds, which on the main thread would stall every FUSE request behind it.
+ */
+async function sha256OffThread(data: Uint8Array): Promise<Buffer> {
+  return Buffer.from(await webcrypto.subtle.digest('SHA-256', data));
+}
+
+async function encodeHeader(key: ResolvedKey, data: Buffer): Promise<Buffer> {
   const header = Buffer.alloc(CHUNK_HEADER_BYTES);
   CHUNK_FILE_MAGIC.copy(header, HEADER_OFFSET_MAGIC);
   header.writeUInt32LE(CHUNK_FILE_VERSION, HEADER_OFFSET_VERSION);
@@ -136,12 +144,12 @@ function encodeHeader(key: ResolvedKey, data: Buffer): Buffer {
   header.writeBigUInt64LE(BigInt(key.index), HEADER_OFFSET_INDEX);
   header.writeBigUInt64LE(BigInt(data.length), HEADER_OFFSET_DATA_LENGTH);
   sha256(key.layerDigest).copy(header, HEADER_OFFSET_LAYER_HASH);
-  sha256(data).copy(header, HEADER_OFFSET_DATA_HASH);
+  (await sha256OffThread(data)).copy(header, HEADER_OFFSET_DATA_HASH);
   return header;
 }
 
 /** Why a chunk file's bytes are not a valid entry for `key` with `expectedLength` data bytes; undefined when valid. */
-function checkEntry(file: Buffer, key: ResolvedKey, expectedLength: number): string | undefined {
+async function checkEntry(file: Buffer, key: ResolvedKey, expectedLength: number): Promise<string | undefined> {
   if (file.length !== CHUNK_HEADER_BYTES + expectedLength) {
     return `file is ${file.length} bytes, expected ${CHUNK_HEADER_BYTES + expectedLength}`;
   }
@@ -159,7 +167,7 @@ function checkEntry(file: Buffer, key: ResolvedKey, expectedLength: number): str
   const layerHash = file.subarray(HEADER_OFFSET_LAYER_HASH, HEADER_OFFSET_LAYER_HASH + SHA256_BYTES);
   if (!layerHash.equals(sha256(key.layerDigest))) return 'header names another layer';
   const dataHash = file.subarray(HEADER_OFFSET_DATA_HASH, HEADER_OFFSET_DATA_HASH + SHA256_BYTES);
-  if (!dataHash.equals(sha256(file.subarray(CHUNK_HEADER_BYTES)))) return 'data does not match its SHA-256';
+  if (!dataHash.equals(await sha256OffThread(file.subarray(CHUNK_HEADER_BYTES)))) return 'data does not match its SHA-256';
   return undefined;
 }
 
@@ -261,7 +269,7 @@ export class FileChunkCache implements DiskChunkCache {
         // One read of the known size (FileHandle.readFile reads in small pieces, several times slower).
         file = Buffer.allocUnsafe(st.size);
         const { bytesRead } = await handle.read(file, 0, st.size, 0);
-        reason = bytesRead === st.size ? checkEntry(file, k, expectedLength) : `read ${bytesRead} of ${st.size} bytes`;
+        reason = bytesRead === st.size ? await checkEntry(file, k, expectedLength) : `read ${bytesRead} of ${st.size} bytes`;
       }
       if (reason !== undefined || file === undefined) {
         await this.#discard(k, st, reason ?? 'unreadable');
@@ -360,7 +368,7 @@ export class FileChunkCache implements DiskChunkCache {
   }
 
   async #write(k: ResolvedKey, data: Buffer): Promise<void> {
-    const header = encodeHeader(k, data);
+    const header = await encodeHeader(k, data);
     for (let attempt = 1; ; attempt++) {
       const random = randomBytes(TEMP_NAME_RANDOM_BYTES).toString('hex');
       const temp = join(k.dir, `.${k.index}.tmp-${process.pid}-${random}`);
