@@ -1,11 +1,13 @@
 // HTTP transport of the registry client: one keep-alive undici Pool per origin with bounded connections,
 // timeouts, scheme choice (HTTPS unless plain HTTP is asked for or the host is loopback), Basic and bearer-token
-// auth on 401 (with credentials from a CredentialProvider, refreshed once after a refusal), redirect following
-// for blob reads (Authorization only to the registry's own origin), bounded retries of idempotent requests
-// (Retry-After on 429/503, backoff with jitter on 5xx/408 and connection errors), AbortSignal support,
+// auth on 401 (with credentials from a CredentialProvider, refreshed once after a refusal; tokens renewed
+// before they expire), redirect following for blob reads (Authorization only to the registry's own origin),
+// bounded retries of idempotent requests (Retry-After on 429/503, backoff with jitter on 5xx/408 and
+// connection errors), AbortSignal support,
 // counters and events (retries, redirects, registries ignoring Range), and errors that name the host but no
 // secrets. A request may carry endpoint settings (hosts.toml): TLS options (own pool per origin and TLS
-// configuration) and extra headers, both applied to the request's own origin only.
+// configuration) and extra headers, both applied to the request's own origin only. TLS failures (server
+// certificate not verified, client certificate refused) are one-line errors saying so, and not retried.
 import { isIP } from 'node:net';
 import type { Readable } from 'node:stream';
 import { buildConnector, Pool } from 'undici';
@@ -63,6 +65,12 @@ const CLIENT_CERT_ALERT_CODES: ReadonlySet<string> = new Set([
   'ERR_SSL_TLSV1_ALERT_ACCESS_DENIED',
 ]);
 
+const REDIRECT_STATUSES: ReadonlySet<number> = new Set([301, 302, 303, 307, 308]);
+/** Statuses whose Retry-After header is honoured. */
+const RETRY_AFTER_STATUSES: ReadonlySet<number> = new Set([429, 503]);
+/** 5xx statuses that will not change on a retry. */
+const PERMANENT_SERVER_STATUSES: ReadonlySet<number> = new Set([501, 505]);
+
 function isTlsErrorCode(code: string | undefined): code is string {
   return code !== undefined && (code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_') || CERT_VERIFY_CODES.has(code));
 }
@@ -102,11 +110,6 @@ function tlsErrorPreservingConnector(options: buildConnector.BuildOptions): buil
     });
   };
 }
-const REDIRECT_STATUSES: ReadonlySet<number> = new Set([301, 302, 303, 307, 308]);
-/** Statuses whose Retry-After header is honoured. */
-const RETRY_AFTER_STATUSES: ReadonlySet<number> = new Set([429, 503]);
-/** 5xx statuses that will not change on a retry. */
-const PERMANENT_SERVER_STATUSES: ReadonlySet<number> = new Set([501, 505]);
 
 /** Retry tuning of a RegistryClient (defaults: the MAX_RETRIES, RETRY_* and MAX_RETRY_AFTER_MS constants). */
 export interface RetryPolicy {
@@ -375,8 +378,13 @@ export class RegistryClient {
   private readonly credentials: CredentialProvider | undefined;
   /** Basic Authorization per host that answered a Basic challenge, sent up front afterwards. */
   private readonly basicAuth = new Map<string, { header: string; creds: RegistryCredentials }>();
-  /** Last bearer challenge per host, to get a new token after a 403 (which carries no challenge). */
+  /**
+   * Last bearer challenge per host: to get a new token after a 403 (which carries no challenge), and to renew
+   * an expired token before a request instead of after the registry refused it.
+   */
   private readonly bearerChallenges = new Map<string, AuthChallenge>();
+  /** Scopes of the last token obtained per token-cache key (a challenge may have added some), for renewals. */
+  private readonly tokenScopes = new Map<string, string[]>();
   readonly timeouts: HttpTimeouts;
   readonly retryPolicy: RetryPolicy;
   private readonly counters: RegistryClientStats = { retries: 0, redirectsFollowed: 0, redirectTargetHits: 0, rangeIgnored: 0, rangeIgnoredBytes: 0, endpointFallbacks: 0, authRefreshes: 0, multiRangeRefused: 0 };
@@ -626,7 +634,8 @@ export class RegistryClient {
   /**
    * Sends a request. On 401 it answers the challenge and retries: Bearer → a token for the request's scopes
    * (plus the challenge's), anonymous or with the host's credentials; Basic → the host's credentials (none:
-   * a "needs credentials" error). When an answer refuses auth that was sent (401, or 403 with credentials),
+   * a "needs credentials" error). A cached token that has (nearly) expired is renewed with the host's last
+   * bearer challenge before the request is sent. When an answer refuses auth that was sent (401, or 403 with credentials),
    * the credentials are re-read once (rotation) and the request is tried again; a further refusal is a
    * RegistryAuthError when credentials were used, else the answer is returned. Returns any other answer as
    * is (the caller checks the status and consumes or discards the body). A GET/HEAD (unless `retry` is false)
@@ -655,6 +664,31 @@ export class RegistryClient {
     }
   }
 
+  /**
+   * A new token for `tokenKey` from `challenge`'s realm, with the host's current credentials (returned
+   * too). Concurrent calls for the same key share one issuer request.
+   */
+  private async obtainToken(
+    tokenKey: string,
+    challenge: AuthChallenge,
+    scopes: readonly string[],
+    req: HttpRequest,
+    url: URL,
+  ): Promise<{ token: string; creds: RegistryCredentials | undefined }> {
+    const host = req.url.host;
+    const creds = await this.lookupCredentials(host, req.operation, url);
+    try {
+      const token = await this.tokens.obtain(tokenKey, challenge, scopes, (realm) =>
+        this.requestToken(realm, req.operation, host, creds, realm.origin === req.url.origin ? req.endpoint?.tls : undefined),
+      );
+      this.tokenScopes.set(tokenKey, [...scopes]);
+      return { token, creds };
+    } catch (err) {
+      if (err instanceof RegistryError) throw err;
+      throw new RegistryError({ operation: req.operation, url, status: 401, reason: (err as Error).message }, { cause: err });
+    }
+  }
+
   /** One round of send(): auth and redirects, no retries. */
   private async sendOnce(req: HttpRequest): Promise<HttpResponse> {
     const origin = req.url.origin;
@@ -666,17 +700,34 @@ export class RegistryClient {
     let usedCreds: RegistryCredentials | undefined;
     let tokenKey = req.scopes ? TokenCache.key(host, req.scopes) : undefined;
     let scopes: string[] = [...(req.scopes ?? [])];
+    let renewedAhead = false;
     for (;;) {
       const endpointHeaders = url.origin === origin ? req.endpoint?.headers : undefined;
       const headers: Record<string, string> = { ...endpointHeaders, ...req.headers };
       const sameOrigin = req.auth !== false && url.origin === origin;
       let sentAuth = false;
+      let sentToken: string | undefined;
       if (sameOrigin) {
-        const token = tokenKey !== undefined ? this.tokens.get(tokenKey) : undefined;
+        let token = tokenKey !== undefined ? this.tokens.get(tokenKey) : undefined;
         const basic = this.basicAuth.get(host);
+        const known = this.bearerChallenges.get(host);
+        // The cached token expired (or is about to): renew it now with the host's challenge, rather than
+        // send the request without one and be refused first (concurrent requests share one renewal).
+        if (token === undefined && tokenKey !== undefined && basic === undefined && known !== undefined && authRounds === 0 && !renewedAhead) {
+          renewedAhead = true;
+          try {
+            const renewal = await this.obtainToken(tokenKey, known, this.tokenScopes.get(tokenKey) ?? scopes, req, url);
+            token = renewal.token;
+            if (renewal.creds !== undefined) usedCreds = renewal.creds;
+          } catch {
+            // Renewal from the remembered challenge failed: send without a token; the registry's own
+            // challenge (which may have changed) then drives the usual flow and its errors.
+          }
+        }
         if (token !== undefined) {
           headers['authorization'] = `Bearer ${token}`;
           sentAuth = true;
+          sentToken = token;
         } else if (basic !== undefined) {
           headers['authorization'] = basic.header;
           usedCreds = basic.creds;
@@ -710,15 +761,12 @@ export class RegistryClient {
           const challengeScopes = bearer.params['scope'] ? bearer.params['scope'].split(' ').filter((s) => s !== '') : [];
           scopes = [...new Set([...scopes, ...challengeScopes])];
           tokenKey ??= TokenCache.key(host, scopes);
+          // A concurrent request may already have replaced the refused token: use that one, do not drop it.
+          const current = this.tokens.get(tokenKey);
+          if (current !== undefined && current !== sentToken) continue;
           this.tokens.invalidate(tokenKey);
-          const creds = await this.lookupCredentials(host, req.operation, url);
-          if (creds !== undefined) usedCreds = creds;
-          try {
-            await this.tokens.obtain(tokenKey, bearer, scopes, (realm) => this.requestToken(realm, req.operation, host, creds, realm.origin === origin ? req.endpoint?.tls : undefined));
-          } catch (err) {
-            if (err instanceof RegistryError) throw err;
-            throw new RegistryError({ operation: req.operation, url, status: 401, reason: (err as Error).message }, { cause: err });
-          }
+          const renewal = await this.obtainToken(tokenKey, bearer, scopes, req, url);
+          if (renewal.creds !== undefined) usedCreds = renewal.creds;
           continue;
         }
         if (challenges.some((c) => c.scheme === 'basic') || (res.status === 403 && usedCreds !== undefined)) {
