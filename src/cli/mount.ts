@@ -187,7 +187,7 @@ function printStats(s: MountStats): void {
   for (const r of rows) lines.push(r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd());
   if (s.registry) {
     const r = s.registry;
-    lines.push(`registry client: retries ${r.retries}, redirects followed ${r.redirectsFollowed}, redirect-target hits ${r.redirectTargetHits}, mirror fallbacks ${r.endpointFallbacks}, auth refreshes ${r.authRefreshes}, range ignored ${r.rangeIgnored} times, multi-range refused ${r.multiRangeRefused} times`);
+    lines.push(`registry client: retries ${r.retries}, redirects followed ${r.redirectsFollowed}, redirect-target hits ${r.redirectTargetHits}, mirror fallbacks ${r.endpointFallbacks}, auth refreshes ${r.authRefreshes}, token renewals ${r.tokenRenewals}, range ignored ${r.rangeIgnored} times, multi-range refused ${r.multiRangeRefused} times`);
   }
   lines.push(`read errors ${t.readErrors}, verification failures ${t.verificationFailures}, retries ${t.retries}; memory cache ${formatBytes(s.memoryCache.bytes)} of ${formatBytes(s.memoryCache.maxBytes)}; disk cache ${s.diskCache.root} (corrupt entries discarded: ${s.diskCache.corruptEntries})`);
   process.stdout.write(`${lines.join('\n')}\n`);

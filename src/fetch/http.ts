@@ -139,6 +139,8 @@ export interface RegistryClientStats {
   rangeIgnoredBytes: number;
   /** Multi-range requests refused (400/416), answered again with single ranges. */
   multiRangeRefused: number;
+  /** Requests that found their cached bearer token expired and renewed it first, instead of being refused (concurrent ones share one issuer request). */
+  tokenRenewals: number;
 }
 
 /** Something worth logging that the client did; URLs are redacted (no credentials, no query). */
@@ -148,6 +150,7 @@ export type RegistryClientEvent =
   | { kind: 'redirect-target-dropped'; operation: string; url: string; reason: string }
   | { kind: 'range-ignored'; operation: string; host: string; firstForHost: boolean }
   | { kind: 'multirange-refused'; operation: string; host: string; status: number }
+  | { kind: 'token-renewed'; operation: string; host: string }
   | { kind: 'auth-refresh'; operation: string; host: string; status: number; credentialsReread: boolean };
 
 /** Retries left for one logical request; shared by its HTTP exchanges and body reads so the total stays bounded. */
@@ -387,7 +390,7 @@ export class RegistryClient {
   private readonly tokenScopes = new Map<string, string[]>();
   readonly timeouts: HttpTimeouts;
   readonly retryPolicy: RetryPolicy;
-  private readonly counters: RegistryClientStats = { retries: 0, redirectsFollowed: 0, redirectTargetHits: 0, rangeIgnored: 0, rangeIgnoredBytes: 0, endpointFallbacks: 0, authRefreshes: 0, multiRangeRefused: 0 };
+  private readonly counters: RegistryClientStats = { retries: 0, redirectsFollowed: 0, redirectTargetHits: 0, rangeIgnored: 0, rangeIgnoredBytes: 0, endpointFallbacks: 0, authRefreshes: 0, multiRangeRefused: 0, tokenRenewals: 0 };
   /** Hosts seen answering a Range request with the whole blob. */
   private readonly rangeIgnoringHosts = new Set<string>();
   private readonly multiRangeRefusingHosts = new Set<string>();
@@ -718,6 +721,8 @@ export class RegistryClient {
           try {
             const renewal = await this.obtainToken(tokenKey, known, this.tokenScopes.get(tokenKey) ?? scopes, req, url);
             token = renewal.token;
+            this.counters.tokenRenewals++;
+            this.emit({ kind: 'token-renewed', operation: req.operation, host });
             if (renewal.creds !== undefined) usedCreds = renewal.creds;
           } catch {
             // Renewal from the remembered challenge failed: send without a token; the registry's own

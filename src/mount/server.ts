@@ -98,6 +98,8 @@ function describeRegistryEvent(e: RegistryClientEvent): string {
       return `${e.operation}: ${e.host} refused our authorization (${e.status}); renewing it${e.credentialsReread ? ' with re-read credentials' : ''}`;
     case 'range-ignored':
       return `${e.operation}: ${e.host} ignored the Range header and sent the whole blob${e.firstForHost ? ' (first time for this host)' : ''}`;
+    case 'token-renewed':
+      return `${e.operation}: the token for ${e.host} expired; renewed it before sending`;
     case 'multirange-refused':
       return `${e.operation}: ${e.host} refused a multi-range request (${e.status}); using one range per request from now on`;
   }

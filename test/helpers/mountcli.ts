@@ -3,11 +3,11 @@
 // fails half-way.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import type { MountStats } from '../../src/mount/stats.js';
-import { runCli } from './cli.js';
+import { CLI_PATH, runCli } from './cli.js';
 import { tempDir } from './tmp.js';
 
 export interface MountHandle {
@@ -31,13 +31,32 @@ export async function assertNothingLeft(dirs: string[]): Promise<void> {
   for (const d of dirs) assert.ok(!ps.split('\n').some((l) => l.includes('erofs-lazy') && l.includes(d)), `process left for ${d}`);
 }
 
+/** PIDs recorded in the mount state records under `stateDir`. */
+export async function recordedPids(stateDir: string): Promise<number[]> {
+  const root = join(stateDir, 'mounts');
+  const ids = await readdir(root).catch(() => [] as string[]);
+  const pids: number[] = [];
+  for (const id of ids) {
+    const state = await readFile(join(root, id, 'state.json'), 'utf8').then((t) => JSON.parse(t) as { pid?: number }, () => undefined);
+    if (typeof state?.pid === 'number') pids.push(state.pid);
+  }
+  return pids;
+}
+
+/** Kills `pid` only if it is still a serving process of this CLI for `stateDir` (never a reused PID). */
+export async function killMountProcess(pid: number, stateDir: string): Promise<void> {
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+  if (cmdline.includes(CLI_PATH) && cmdline.includes(stateDir)) process.kill(pid, 'SIGKILL');
+}
+
 export async function mountImage(t: TestContext, ref: string, extra: string[] = [], dirs?: { stateDir?: string; cacheDir?: string }): Promise<MountHandle> {
   let stateDir = '';
   // A clean `umount --all` first, then anything left is released and killed, so no test leaks a mount
   // or a serving process even when it fails half-way.
-  const base = await tempDir(t, 'erofs-lazy-test-', async (dir) => {
+  const base = await tempDir(t, 'erofs-lazy-test-', async () => {
+    const pids = await recordedPids(stateDir);
     await runCli(['umount', '--all', '--state-dir', stateDir]);
-    execFileSync('pkill', ['-KILL', '-f', `erofs-lazy.js mount .* ${dir}/`], { stdio: 'ignore' });
+    for (const pid of pids) await killMountProcess(pid, stateDir);
   });
   const mountpoint = join(base, 'mnt');
   stateDir = dirs?.stateDir ?? join(base, 'state');

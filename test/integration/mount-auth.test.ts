@@ -18,6 +18,7 @@ import { CLI_PATH, runCli, type CliResult } from '../helpers/cli.js';
 import { startFaultProxy, type FaultProxy } from '../helpers/faultproxy.js';
 import { startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { tempDir } from '../helpers/tmp.js';
+import { assertNothingLeft, killMountProcess, recordedPids } from '../helpers/mountcli.js';
 import { DEFAULT_TOKEN_LIFETIME_SECONDS, lifetimeEnforcedAt, startTokenAuthRegistry, startTokenIssuer, type TokenIssuer } from '../helpers/tokenissuer.js';
 
 const USER = 'mount-user';
@@ -84,34 +85,6 @@ interface Mounted {
   /** Everything of the mount an operator or another user could see: log, state records, stats, arguments. */
   visibleText(): Promise<string>;
   umount(): Promise<void>;
-}
-
-/** PIDs recorded in the mount state records under `stateDir`. */
-async function recordedPids(stateDir: string): Promise<number[]> {
-  const root = join(stateDir, 'mounts');
-  const ids = await readdir(root).catch(() => [] as string[]);
-  const pids: number[] = [];
-  for (const id of ids) {
-    const state = await readFile(join(root, id, 'state.json'), 'utf8').then((t) => JSON.parse(t) as { pid?: number }, () => undefined);
-    if (typeof state?.pid === 'number') pids.push(state.pid);
-  }
-  return pids;
-}
-
-/** Kills `pid` only if it is still a serving process of this CLI for `stateDir` (never a reused PID). */
-async function killMountProcess(pid: number, stateDir: string): Promise<void> {
-  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-  if (cmdline.includes(CLI_PATH) && cmdline.includes(stateDir)) process.kill(pid, 'SIGKILL');
-}
-
-/** Files and mounts under `dirs` and processes of the CLI naming them: none may remain. */
-async function assertNothingLeft(dirs: string[]): Promise<void> {
-  const points = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').map((l) => l.split(' ')[4] ?? '');
-  for (const d of dirs) assert.deepEqual(points.filter((p) => p === d || p.startsWith(`${d}/`)), [], `mounts left under ${d}`);
-  const loops = execFileSync('losetup', ['--noheadings', '--output', 'BACK-FILE', '--list'], { encoding: 'utf8' });
-  for (const d of dirs) assert.ok(!loops.split('\n').some((f) => f.trim().startsWith(`${d}/`)), `loop devices left for ${d}`);
-  const ps = execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' });
-  for (const d of dirs) assert.ok(!ps.split('\n').some((l) => l.includes(CLI_PATH) && l.includes(d)), `process left for ${d}`);
 }
 
 /**
@@ -240,6 +213,8 @@ describe('lazy mount with token auth', () => {
     assert.ok(afterB.total.chunksFetched > afterA.total.chunksFetched, 'file B came from chunks fetched after the expiry');
     assert.ok(afterB.total.bytesFetched > afterA.total.bytesFetched);
     assert.ok(issuer.issuedCount(`repository:${REPOSITORY}:pull`) > issuedBefore, 'the client got a new token during the mount');
+    assert.ok((afterB.registry?.tokenRenewals ?? 0) >= 1, `stats count the renewal: ${JSON.stringify(afterB.registry)}`);
+    assert.match(await m.log(), /expired; renewed it before sending/);
     assert.equal(afterB.total.readErrors, 0);
     assert.ok(issuer.requests.every((r) => r.subject === USER || !r.issued), 'every token was issued to the configured user');
 
