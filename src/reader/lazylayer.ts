@@ -345,12 +345,17 @@ export class LazyLayer implements LayerFileSource {
     const errors: unknown[] = [];
     const waits: Array<Promise<Buffer>> = [];
     let next = 0;
+    // With multi-range requests on, one request carries several of the profile's scattered runs: far fewer
+    // round trips on a high-latency link.
+    const runsPerRequest = this.#fetchRanges?.enabled() ? this.#maxRangesPerRequest : 1;
     const worker = async (): Promise<void> => {
       while (next < runs.length && !this.#closer.signal.aborted) {
-        const run = runs[next++]!;
-        const onDisk = await this.#onDisk(run.indices);
+        const group = runs.slice(next, next + runsPerRequest);
+        next += group.length;
+        const indices = group.flatMap((run) => run.indices);
+        const onDisk = await this.#onDisk(indices);
         const owned: Flights = new Map();
-        for (const index of run.indices) {
+        for (const index of indices) {
           const flight = this.#inflight.get(index);
           if (onDisk.has(index)) this.#markPresent(index);
           if (flight) {

@@ -13,6 +13,7 @@ import { parseProfile } from '../../src/prefetch/profile.js';
 import { buildImageFromDirs, pseudoRandomBytes } from '../../src/sample/build.js';
 import { runCli } from '../helpers/cli.js';
 import { mountImage, type MountHandle } from '../helpers/mountcli.js';
+import { startFaultProxy } from '../helpers/faultproxy.js';
 import { startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { tempDir } from '../helpers/tmp.js';
 
@@ -110,6 +111,38 @@ describe('prefetch profiles', () => {
     const after = await cold.stats();
     assert.equal(after.total.requests, prefetched.total.requests, 'the workload made no registry request of its own');
     await cold.umount();
+  });
+
+  test('with --multi-range, prefetch asks for the profile\'s scattered runs in one request; a registry refusing that gets single ranges', async (t) => {
+    const dir = await tempDir(t);
+    const profilePath = join(dir, 'profile.json');
+    const recording = await mountImage(t, ref, ['--record', profilePath, '--prefetch', 'none']);
+    await runWorkload(recording);
+    await recording.umount();
+    const proxy = await startFaultProxy({ upstream: registry.host });
+    t.after(() => proxy.close());
+    const proxied = ref.replace(registry.host, proxy.host);
+    const blobs = /\/v2\/.+\/blobs\//;
+    for (const refuse of [false, true]) {
+      proxy.setFaults(refuse ? [{ kind: 'refuse-multirange', path: blobs }] : []);
+      proxy.resetCounters();
+      const m = await mountImage(t, proxied, ['--prefetch', profilePath, '--multi-range', '--max-gap-bytes', '0']);
+      const s = await waitForPrefetch(m);
+      assert.equal(s.prefetch?.state, 'done', JSON.stringify(s.prefetch));
+      const ranges = proxy.log.filter((r) => blobs.test(r.url) && r.range !== undefined).map((r) => r.range!);
+      const multi = ranges.filter((r) => r.includes(','));
+      if (refuse) {
+        assert.equal(s.registry?.multiRangeRefused, 1, JSON.stringify(s.registry));
+        assert.equal(proxy.log.filter((r) => r.fault === 'refuse-multirange').length, 1, 'asked once, then single ranges');
+      } else {
+        assert.ok(multi.length >= 1, `a multi-range request was sent: ${JSON.stringify(ranges)}`);
+        assert.equal(s.registry?.multiRangeRefused, 0);
+      }
+      const before = s.total.requests;
+      await runWorkload(m);
+      assert.equal((await m.stats()).total.requests, before, 'the workload was fully prefetched');
+      await m.umount();
+    }
   });
 
   test('a profile file works the same, and a broken one fails only the prefetch', async (t) => {

@@ -341,6 +341,46 @@ describe('erofs-lazy mount', () => {
     await m.umount();
   });
 
+  test('a stalled registry, 429s and a registry that ignores Range: right bytes or EIO within the deadline', async (t) => {
+    const proxy = await startFaultProxy({ upstream: registry.host });
+    t.after(() => proxy.close());
+    const blobs = /\/v2\/.+\/blobs\//;
+    const m = await mountImage(t, `${proxy.host}/mount/big:erofs`, ['--read-timeout', String(FAULT_READ_TIMEOUT_S), '--prefetch', 'none']);
+    const big = pseudoRandomBytes(BIG_FILE_SIZE, 'mount-big');
+    const fh = await open(join(m.mountpoint, 'big.bin'), 'r');
+    t.after(() => fh.close().catch(() => undefined));
+    const readAt = async (mib: number): Promise<void> => {
+      const buf = Buffer.alloc(4096);
+      const { bytesRead } = await fh.read(buf, 0, buf.length, mib * 1024 * 1024);
+      assert.equal(bytesRead, buf.length);
+      assert.ok(buf.equals(big.subarray(mib * 1024 * 1024, mib * 1024 * 1024 + 4096)), `bytes at ${mib} MiB`);
+    };
+    // A registry that stops answering: EIO within the read deadline (plus the kernel's own retry), never a hang.
+    proxy.setFaults([{ kind: 'stall', path: blobs }]);
+    const started = Date.now();
+    await assert.rejects(readAt(20), (err: NodeJS.ErrnoException) => err.code === 'EIO');
+    assert.ok(Date.now() - started < (FAULT_READ_TIMEOUT_S * 3 + 2) * 1000, `EIO after ${Date.now() - started} ms`);
+    proxy.clearFaults();
+    let recovered = false;
+    for (const begun = Date.now(); !recovered && Date.now() - begun < RECOVERY_WAIT_S * 1000; ) {
+      recovered = await readAt(20).then(() => true, () => false);
+    }
+    assert.ok(recovered, 'reads recover once the registry answers again');
+    // 429 with Retry-After: waited out, right bytes.
+    proxy.setFaults([{ kind: 'status', status: 429, headers: { 'retry-after': '1' }, path: blobs, count: 2 }]);
+    await readAt(40);
+    // A registry that ignores Range: the whole-blob answer is cut after the wanted bytes; right bytes, counted.
+    proxy.setFaults([{ kind: 'ignore-range', path: blobs }]);
+    await readAt(8);
+    const s = await m.stats();
+    assert.ok((s.registry?.rangeIgnored ?? 0) >= 1, JSON.stringify(s.registry));
+    assert.ok((s.registry?.rangeIgnoredBytes ?? 0) < BIG_FILE_SIZE / 2, 'the whole blob was not downloaded');
+    assert.ok((s.registry?.retries ?? 0) >= 1, JSON.stringify(s.registry));
+    proxy.clearFaults();
+    await fh.close();
+    await m.umount();
+  });
+
   test('--hosts-dir: a mount pulls through the mirror named in hosts.toml', async (t) => {
     const mirror = await startFaultProxy({ upstream: registry.host });
     t.after(() => mirror.close());
