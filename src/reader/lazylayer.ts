@@ -320,6 +320,8 @@ export class LazyLayer implements LayerFileSource {
         deadline.dispose();
       }
     }
+    // A read inside one chunk (nearly all: FUSE reads are at most 128 KiB) is a view of the cached chunk, no copy.
+    if (slices.length === 1) return data[0]!.subarray(slices[0]!.lo, slices[0]!.hi);
     const total = slices.reduce((sum, s) => sum + (s.hi - s.lo), 0);
     const out = Buffer.allocUnsafe(total);
     slices.forEach((slice, k) => {

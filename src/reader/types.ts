@@ -10,7 +10,8 @@ export interface LayerFileSource {
   readonly size: number;
   /**
    * Reads up to `length` bytes at `offset` (clamped at `size`); the result holds only verified bytes.
-   * Rejects when the bytes cannot be produced; the FUSE layer turns that into EIO.
+   * Rejects when the bytes cannot be produced; the FUSE layer turns that into EIO. The result may be a view
+   * of cached memory: callers copy from it and never write to it.
    */
   read(offset: number, length: number): Promise<Buffer>;
 }
