@@ -58,6 +58,11 @@ export function registerMount(y: Argv): Argv {
             default: 'auto',
             describe: 'prefetch from a recorded profile: "auto" (one stored with the image, if any), "none", or a profile file',
           })
+          .option('prefetch-path', {
+            type: 'string',
+            array: true,
+            describe: 'after mounting, fetch what reading this path of the image needs (a file, or a directory tree); repeatable',
+          })
           .option('background-fetch', { type: 'boolean', default: false, describe: 'once reads are quiet, fetch the rest of the layers in the background (paused by reads)' })
           .option('background-rate', { type: 'number', default: DEFAULT_BACKGROUND_BYTES_PER_SECOND / MiB, describe: 'MiB/s of background fetching' })
           .option('ready-fd', { type: 'number', hidden: true }),
@@ -90,6 +95,7 @@ export function registerMount(y: Argv): Argv {
             multiRange: args['multi-range'],
             maxGapBytes: args['max-gap-bytes'],
             recordPath: args.record === undefined ? undefined : resolve(args.record),
+            prefetchPaths: args['prefetch-path'],
             backgroundBytesPerSecond: args['background-fetch'] ? args['background-rate'] * MiB : undefined,
             prefetch: args.prefetch === 'auto' || args.prefetch === 'none' ? args.prefetch : { file: resolve(args.prefetch) },
             log: timestampedLog,

@@ -22,6 +22,9 @@ import { zeroReadCounters } from '../reader/types.js';
 import type { LayerStats } from '../reader/types.js';
 import { findProfile } from '../prefetch/artifact.js';
 import { BackgroundFetcher } from '../prefetch/background.js';
+import { planPathPrefetch } from '../prefetch/paths.js';
+import { fileSource } from '../erofs/index.js';
+import type { FileSource } from '../erofs/index.js';
 import { chunksOfLayer, parseProfile, profileFromLayers, serializeProfile } from '../prefetch/profile.js';
 import type { PrefetchProfile } from '../prefetch/profile.js';
 import { serveStats, summarize } from './stats.js';
@@ -71,6 +74,8 @@ export interface MountOptions {
    * artifact), a path reads that file, 'none' (the default) turns prefetch off.
    */
   prefetch?: 'auto' | 'none' | { file: string };
+  /** Paths of the merged image (files or directory trees) whose chunks are prefetched after mounting. */
+  prefetchPaths?: string[];
   /** Fetch the rest of the lazy layers in the background once reads are quiet, at this many bytes/s (off when absent). */
   backgroundBytesPerSecond?: number;
   log: (line: string) => void;
@@ -123,6 +128,7 @@ export class MountServer {
   private readonly startedAt = Date.now();
   private stopping?: Promise<void>;
   private prefetchStatus?: PrefetchStatus;
+  private pathPrefetchStatus?: PrefetchStatus;
   private background?: BackgroundFetcher;
 
   private constructor(
@@ -201,6 +207,7 @@ export class MountServer {
       server.watchdog = setInterval(() => server.checkRecord(), WATCHDOG_INTERVAL_MS);
       server.watchdog.unref();
       if (options.prefetch !== undefined && options.prefetch !== 'none') server.startPrefetch(options.prefetch, resolved.descriptor);
+      if (options.prefetchPaths !== undefined && options.prefetchPaths.length > 0) server.startPathPrefetch(options.prefetchPaths);
       const lazyLayers = opened.flatMap((l) => (l.lazy ? [l.lazy] : []));
       if (options.backgroundBytesPerSecond !== undefined && lazyLayers.length > 0) {
         server.background = new BackgroundFetcher(lazyLayers, { bytesPerSecond: options.backgroundBytesPerSecond, log: options.log });
@@ -285,6 +292,49 @@ export class MountServer {
     });
   }
 
+  /**
+   * Prefetches the chunks that reading `paths` of the merged image touches (resolved with the user-space EROFS
+   * reader over the layers as served), in the background; like profile prefetch, it never fails the mount.
+   */
+  private startPathPrefetch(paths: string[]): void {
+    const started = Date.now();
+    const status: PrefetchStatus = { source: `paths ${paths.join(', ')}`, chunks: 0, state: 'running' };
+    this.pathPrefetchStatus = status;
+    const run = async (): Promise<void> => {
+      const opened: FileSource[] = [];
+      try {
+        const layers = await Promise.all(
+          this.layers.map(async (l) => {
+            if (l.lazy) return { source: l.lazy, chunkSize: l.lazy.table.chunkSize };
+            const source = await fileSource(l.file);
+            opened.push(source);
+            return { source };
+          }),
+        );
+        const plan = await planPathPrefetch(layers, paths);
+        if (plan.missing.length > 0) this.options.log(`prefetch: not in the image: ${plan.missing.join(', ')}`);
+        status.chunks = [...plan.chunks.values()].reduce((n, c) => n + c.length, 0);
+        this.options.log(`prefetch: ${status.chunks} chunks for ${paths.length} path(s)${plan.truncated ? ' (walk cut at its entry limit)' : ''}`);
+        await Promise.all([...plan.chunks].map(([index, chunks]) => this.layers[index]!.lazy!.prefetch(chunks)));
+      } finally {
+        await Promise.all(opened.map((f) => f.close().catch(() => undefined)));
+      }
+    };
+    run().then(
+      () => {
+        status.state = 'done';
+        status.ms = Date.now() - started;
+        this.options.log(`prefetch: paths done in ${status.ms} ms`);
+      },
+      (err: unknown) => {
+        status.state = 'failed';
+        status.ms = Date.now() - started;
+        status.error = oneLine(err);
+        this.options.log(`prefetch: paths failed: ${status.error}`);
+      },
+    );
+  }
+
   /** Writes the profile of what reads asked for so far (recordPath), atomically. */
   private async writeRecord(): Promise<void> {
     const path = this.options.recordPath;
@@ -324,6 +374,7 @@ export class MountServer {
       memoryCache: { bytes: this.memory.size, maxBytes: this.memory.maxSize },
       diskCache: { root: this.disk.root, maxBytes: this.disk.maxBytes, corruptEntries: this.disk.corruptEntries },
       ...(this.prefetchStatus ? { prefetch: { ...this.prefetchStatus } } : {}),
+      ...(this.pathPrefetchStatus ? { pathPrefetch: { ...this.pathPrefetchStatus } } : {}),
       ...(this.background ? { background: { ...this.background.status } } : {}),
     };
   }

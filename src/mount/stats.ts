@@ -31,6 +31,8 @@ export interface MountStats {
   diskCache: { root: string; maxBytes: number; corruptEntries: number };
   /** Prefetch from a recorded profile, when one was found. */
   prefetch?: PrefetchStatus;
+  /** Prefetch of the paths given with --prefetch-path. */
+  pathPrefetch?: PrefetchStatus;
   /** Background fetch of the rest of the layers, when turned on. */
   background?: BackgroundFetchStatus;
 }
