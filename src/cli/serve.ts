@@ -41,7 +41,9 @@ export function registerServe<T>(parser: Argv<T>): Argv<T> {
             default: true,
             describe: 'serve the layers from a detached FUSE manager that outlives a serve crash (--no-fuse-manager: from this process)',
           })
-          .option('metrics-address', { type: 'string', describe: 'HOST:PORT to serve Prometheus metrics on (/metrics)' }),
+          .option('metrics-address', { type: 'string', describe: 'HOST:PORT to serve Prometheus metrics on (/metrics)' })
+          .option('prefetch', { type: 'boolean', default: true, describe: 'prefetch each remote layer from the profile stored with its image (--no-prefetch: off)' })
+          .option('multi-range', { type: 'boolean', default: false, describe: 'fetch distant runs of missing chunks in one multi-range request' }),
       async (args) => {
         await mkdir(args['cache-dir'], { recursive: true });
         const server = await SnapshotterServer.start({
@@ -53,6 +55,8 @@ export function registerServe<T>(parser: Argv<T>): Argv<T> {
           registry: { plainHttp: args['plain-http'], hostsDir: hostsDirOption(args['hosts-dir']), platform: platformOption(args.platform) },
           readDeadlineMs: args['read-timeout'] * 1000,
           mountTimeoutMs: args['mount-timeout'] * 1000,
+          prefetch: args.prefetch,
+          multiRange: args['multi-range'],
           fuseManager: args['fuse-manager'],
           cliPath: resolve(process.argv[1]!),
           metricsAddress: args['metrics-address'],

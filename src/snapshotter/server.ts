@@ -39,6 +39,10 @@ export interface ServeOptions {
   registry: RegistryAccess;
   readDeadlineMs: number;
   mountTimeoutMs: number;
+  /** Prefetch each remote layer from the profile stored with its image. */
+  prefetch?: boolean;
+  /** Multi-range requests for distant runs of missing chunks. */
+  multiRange?: boolean;
   /** Serve the layers' FUSE mounts from a detached FUSE manager (true) or from this process. */
   fuseManager: boolean;
   /** The erofs-lazy CLI script, to start the FUSE manager with. */
@@ -122,6 +126,8 @@ export class SnapshotterServer {
       registry: options.registry,
       readDeadlineMs: options.readDeadlineMs,
       mountTimeoutMs: options.mountTimeoutMs,
+      prefetch: options.prefetch,
+      multiRange: options.multiRange,
     };
     let backend: LayerBackend | undefined;
     let layers: RemoteLayerManager | undefined;

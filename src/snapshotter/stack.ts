@@ -14,7 +14,9 @@ import { LayerFilesystem } from '../fuse/index.js';
 import { attachLoop, detachLoop, loopBackingFile, mountErofs } from '../mount/system.js';
 import type { ImageStore } from '../oci/store.js';
 import type { Platform } from '../oci/types.js';
-import { openLazyLayer, rangeFetcherFromStore, RegistryHealth } from '../reader/index.js';
+import { multiRangeFetcherFromStore, openLazyLayer, rangeFetcherFromStore, RegistryHealth } from '../reader/index.js';
+import { findProfile } from '../prefetch/artifact.js';
+import { chunksOfLayer } from '../prefetch/profile.js';
 import type { LayerFileSource, LazyLayer } from '../reader/index.js';
 import { errorMessage } from './errors.js';
 import { KeyedMutex } from './lock.js';
@@ -47,6 +49,10 @@ export interface LayerServiceConfig {
   readDeadlineMs: number;
   /** Bound on the registry requests made while a layer is set up (manifest, chunk table). */
   mountTimeoutMs: number;
+  /** After mounting a layer, prefetch its chunks from the profile stored with the image (docs/prefetch.md). */
+  prefetch?: boolean;
+  /** Multi-range requests for distant runs of missing chunks (see `mount --multi-range`). */
+  multiRange?: boolean;
 }
 
 export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
@@ -181,9 +187,10 @@ export class InProcessLayers {
           descriptor: ref.descriptor,
           table,
           fetchRange: rangeFetcherFromStore(stack.store, ref.descriptor),
+          fetchRanges: multiRangeFetcherFromStore(stack.store, ref.descriptor),
           memory: this.#memory,
           disk: this.#disk,
-          options: { readDeadlineMs: this.config.readDeadlineMs, health: this.#healthFor(ref.imageRef) },
+          options: { readDeadlineMs: this.config.readDeadlineMs, health: this.#healthFor(ref.imageRef), multiRange: this.config.multiRange },
           log: this.#log,
         });
         const fuse = new LayerFilesystem([new TimedSource(stack.lazy, stack.latency)], { log: this.#log });
@@ -197,8 +204,27 @@ export class InProcessLayers {
         throw err;
       }
       this.#stacks.set(digest, stack);
+      if (this.config.prefetch) this.#prefetch(stack, ref);
       return { erofsDir: stack.erofsDir };
     });
+  }
+
+  /**
+   * Prefetches the layer's chunks named by the prefetch profile stored with the image, in the background
+   * (reads keep priority); a missing or broken profile is logged, never an error.
+   */
+  #prefetch(stack: Stack, ref: RemoteLayerRef): void {
+    const lazy = stack.lazy;
+    if (!lazy || !ref.manifestDigest) return;
+    const started = Date.now();
+    const image = { mediaType: '', digest: ref.manifestDigest, size: 0 };
+    (async () => {
+      const profile = await withTimeout(findProfile(stack.store, image), this.config.mountTimeoutMs, 'looking for a prefetch profile');
+      const chunks = profile ? chunksOfLayer(profile, stack.digest) : [];
+      if (chunks.length === 0) return;
+      await lazy.prefetch(chunks);
+      this.#log(`layer ${stack.digest}: prefetched ${chunks.length} chunks of the image's profile in ${Date.now() - started} ms`);
+    })().catch((err: unknown) => this.#log(`layer ${stack.digest}: prefetch failed: ${errorMessage(err)}`));
   }
 
   /** Unmounts what exists of a stack: erofs, loop device, FUSE; closes its reader and store. */

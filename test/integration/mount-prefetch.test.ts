@@ -25,7 +25,7 @@ const WORKLOAD = ['f3', 'f11', 'f19'];
 const PREFETCH_WAIT_MS = 20_000;
 /**
  * Requests the replayed workload may still make: the kernel's read-ahead windows depend on timing, so a replay
- * touch a few chunks next to the recorded ones. Without prefetch the workload makes about 18 requests.
+ * touches a few chunks next to the recorded ones. Without prefetch the workload makes about 18 requests.
  */
 const REPLAY_SLACK_REQUESTS = 4;
 

@@ -590,4 +590,36 @@ describe('erofs-lazy serve (containerd snapshots API)', () => {
     assert.equal(await stopServe(serve), 0, serve.log());
     assert.deepEqual(mountsUnder(dirs.root), []);
   });
+
+  test('a prefetch profile stored with the image is fetched as soon as its layer is mounted', async () => {
+    const dirs = { socket: join(base, 'pf/sock'), root: join(base, 'pf/root'), cache: join(base, 'pf/cache') };
+    roots.push(dirs.root);
+    const top = lazy.layers.length - 1;
+    const chunks = [3, 4, 5, 9, 10];
+    const profilePath = join(base, 'pf-profile.json');
+    await mkdir(join(base, 'pf'), { recursive: true });
+    const profile = {
+      mediaType: 'application/vnd.erofs-lazy.prefetch-profile.v1+json',
+      version: 1,
+      image: lazy.manifestDigest,
+      layers: [lazy.layers[top]!.digest],
+      chunks: chunks.map((chunk) => [0, chunk]),
+    };
+    await writeFile(profilePath, JSON.stringify(profile));
+    const pushed = await runCli(['profile', 'push', lazy.ref, profilePath]);
+    assert.equal(pushed.code, 0, pushed.stderr);
+    const port = await freePort();
+    const serve = await startServe(dirs, ['--no-fuse-manager', '--metrics-address', `127.0.0.1:${port}`]);
+    serves.push(serve);
+    const c = new SnapshotsClient(dirs.socket);
+    clients.push(c);
+    await prepareRemoteChain(c, lazy, 70);
+    const until = Date.now() + SERVE_READY_TIMEOUT_MS;
+    while (!/prefetched \d+ chunks/.test(serve.log()) && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+    assert.match(serve.log(), new RegExp(`layer ${lazy.layers[top]!.digest}: prefetched ${chunks.length} chunks of the image's profile`));
+    const metrics = await fetchText(`http://127.0.0.1:${port}/metrics`);
+    assert.ok(metricSum(metrics, 'erofs_lazy_fetched_bytes_total') > 0, 'chunks fetched before anything was read');
+    for (const chain of [...lazy.chains].reverse()) await c.remove(chain);
+    assert.equal(await stopServe(serve), 0, serve.log());
+  });
 });
