@@ -7,6 +7,10 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import type { BigIntStats } from 'node:fs';
 import { chmod, chown, link, lstat, lutimes, mkdir, readdir, readlink, realpath, symlink, writeFile } from 'node:fs/promises';
+import { displayName } from '../../src/erofs/layered.js';
+
+/** A path's bytes as a key: the UTF-8 text when valid, otherwise with \xNN for every byte >= 0x80. */
+export { displayName };
 
 export type EntryType = 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo' | 'socket';
 
@@ -77,15 +81,6 @@ async function sha256File(path: Buffer): Promise<string> {
 /** Undoes getfattr's quoting (\ooo octal escapes) of a binary (latin1) string. */
 function unquote(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(Number.parseInt(o, 8)));
-}
-
-/** A path's bytes as a key: the UTF-8 text when valid, otherwise with \xNN for every byte >= 0x80. */
-export function displayName(bytes: Buffer): string {
-  const text = bytes.toString('utf8');
-  if (Buffer.from(text, 'utf8').equals(bytes)) return text;
-  let out = '';
-  for (const b of bytes) out += b >= 0x80 ? `\\x${b.toString(16).padStart(2, '0')}` : String.fromCharCode(b);
-  return out;
 }
 
 /** All xattrs under `root` with one getfattr process: absolute path (binary string) -> (name -> hex). */

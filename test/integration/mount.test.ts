@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdir, open, readFile, readdir, stat, writeFile } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
@@ -29,6 +30,14 @@ const SMALL_FILES = 40;
 const FAULT_READ_TIMEOUT_S = 4;
 /** How long reads may take to notice that the registry is back. */
 const RECOVERY_WAIT_S = 5;
+
+/** Reads 4 KiB of big.bin at `mib` MiB and checks them against the source bytes. */
+async function readBigAt(fh: FileHandle, big: Buffer, mib: number): Promise<void> {
+  const buf = Buffer.alloc(4096);
+  const { bytesRead } = await fh.read(buf, 0, buf.length, mib * 1024 * 1024);
+  assert.equal(bytesRead, buf.length);
+  assert.ok(buf.equals(big.subarray(mib * 1024 * 1024, mib * 1024 * 1024 + 4096)), `bytes at ${mib} MiB`);
+}
 
 function sha256(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex');
@@ -305,12 +314,7 @@ describe('erofs-lazy mount', () => {
     const fh = await open(join(m.mountpoint, 'big.bin'), 'r');
     t.after(() => fh.close().catch(() => undefined));
     // Each positioned read touches a new chunk of big.bin, so each one is a new blob request.
-    const readAt = async (mib: number): Promise<void> => {
-      const buf = Buffer.alloc(4096);
-      const { bytesRead } = await fh.read(buf, 0, buf.length, mib * 1024 * 1024);
-      assert.equal(bytesRead, buf.length);
-      assert.ok(buf.equals(big.subarray(mib * 1024 * 1024, mib * 1024 * 1024 + 4096)), `bytes at ${mib} MiB`);
-    };
+    const readAt = (mib: number): Promise<void> => readBigAt(fh, big, mib);
     // Transient faults the client rides out: a cut body, 503 with Retry-After, 500.
     proxy.setFaults([
       { kind: 'drop-mid-body', path: blobs, afterBytes: 1000, count: 1 },
@@ -349,12 +353,7 @@ describe('erofs-lazy mount', () => {
     const big = pseudoRandomBytes(BIG_FILE_SIZE, 'mount-big');
     const fh = await open(join(m.mountpoint, 'big.bin'), 'r');
     t.after(() => fh.close().catch(() => undefined));
-    const readAt = async (mib: number): Promise<void> => {
-      const buf = Buffer.alloc(4096);
-      const { bytesRead } = await fh.read(buf, 0, buf.length, mib * 1024 * 1024);
-      assert.equal(bytesRead, buf.length);
-      assert.ok(buf.equals(big.subarray(mib * 1024 * 1024, mib * 1024 * 1024 + 4096)), `bytes at ${mib} MiB`);
-    };
+    const readAt = (mib: number): Promise<void> => readBigAt(fh, big, mib);
     // A registry that stops answering: EIO within the read deadline (plus the kernel's own retry), never a hang.
     proxy.setFaults([{ kind: 'stall', path: blobs }]);
     const started = Date.now();
