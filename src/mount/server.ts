@@ -202,12 +202,13 @@ export class MountServer {
       }
 
       const server = new MountServer(state, options, store, opened, fuse, memory, disk);
+      // Prefetch starts now, so its first requests overlap the loop, erofs and overlay set-up.
+      if (options.prefetch !== undefined && options.prefetch !== 'none') server.startPrefetch(options.prefetch, resolved.descriptor);
+      if (options.prefetchPaths !== undefined && options.prefetchPaths.length > 0) server.startPathPrefetch(options.prefetchPaths);
       await server.mountLayers();
       server.statsServer = await serveStats(state.statsSocket, () => server.stats());
       server.watchdog = setInterval(() => server.checkRecord(), WATCHDOG_INTERVAL_MS);
       server.watchdog.unref();
-      if (options.prefetch !== undefined && options.prefetch !== 'none') server.startPrefetch(options.prefetch, resolved.descriptor);
-      if (options.prefetchPaths !== undefined && options.prefetchPaths.length > 0) server.startPathPrefetch(options.prefetchPaths);
       const lazyLayers = opened.flatMap((l) => (l.lazy ? [l.lazy] : []));
       if (options.backgroundBytesPerSecond !== undefined && lazyLayers.length > 0) {
         server.background = new BackgroundFetcher(lazyLayers, { bytesPerSecond: options.backgroundBytesPerSecond, log: options.log });
@@ -387,6 +388,8 @@ export class MountServer {
       await this.writeRecord().catch((err: unknown) => this.options.log(`could not write the prefetch record ${this.options.recordPath}: ${oneLine(err)}`));
       const current = (await readState(this.state.dir)) ?? this.state;
       await teardownMount(current, { unmountFuse: async () => this.fuse?.unmount() });
+      // Chunks fetched last may still be on their way to the disk cache: let them land before the process exits.
+      await Promise.all(this.layers.map((l) => l.lazy?.close()));
       this.statsServer?.close();
       await this.store.close();
     })().catch((err: unknown) => {

@@ -46,8 +46,13 @@ export const DEFAULT_MAX_GAP_BYTES = 128 * 1024;
 export const DEFAULT_READAHEAD_CHUNKS = 1;
 /** A frame failing its SHA-512 is fetched again at most this many times (bytes altered in transit). */
 export const DEFAULT_INTEGRITY_RETRIES = 1;
-/** Prefetch works on at most this many runs at once (each run is one request). */
-export const DEFAULT_PREFETCH_CONCURRENCY = 2;
+/**
+ * Prefetch works on at most this many runs at once (each run is one request); reads still get the remaining
+ * request slots first (RequestSemaphore). Several at once matter on a high-latency link.
+ */
+export const DEFAULT_PREFETCH_CONCURRENCY = 4;
+/** Prefetch fills gaps of at most this many blob bytes between wanted chunks, to make one request of them. */
+export const PREFETCH_MAX_GAP_BYTES = 512 * 1024;
 /** Most ranges asked for in one multi-range request (when multi-range requests are on). */
 export const DEFAULT_MAX_RANGES_PER_REQUEST = 8;
 
@@ -343,9 +348,12 @@ export class LazyLayer implements LayerFileSource {
       }
     }
     const candidates = [...new Set(indices)].filter((i) => !this.#fromMemory(i, false));
-    const runs = this.#orderedRuns(candidates);
+    const runs = this.#prefetchRuns(candidates);
     const errors: unknown[] = [];
-    const waits: Array<Promise<Buffer>> = [];
+    // Only the outcome is kept, never the chunk: holding the buffers would keep every prefetched chunk in
+    // memory until the whole prefetch ends, far past the memory cache's bound.
+    const waits: Array<Promise<void>> = [];
+    const settled = (promise: Promise<Buffer>): Promise<void> => promise.then(() => undefined);
     let next = 0;
     // With multi-range requests on, one request carries several of the profile's scattered runs: far fewer
     // round trips on a high-latency link.
@@ -361,11 +369,11 @@ export class LazyLayer implements LayerFileSource {
           const flight = this.#inflight.get(index);
           if (onDisk.has(index)) this.#markPresent(index);
           if (flight) {
-            waits.push(flight.promise);
+            waits.push(settled(flight.promise));
           } else if (!onDisk.has(index) && !this.#fromMemory(index, false)) {
             const d = this.#register(index);
             owned.set(index, d);
-            waits.push(d.promise);
+            waits.push(settled(d.promise));
           }
         }
         if (owned.size > 0) await this.#obtain(owned, 'prefetch', true);
@@ -380,20 +388,33 @@ export class LazyLayer implements LayerFileSource {
     }
   }
 
-  /** Runs of `indices` in their given order: an index one past the previous one joins its run (size-bounded). */
-  #orderedRuns(indices: number[]): FrameRun[] {
-    const runs: FrameRun[] = [];
-    let group: number[] = [];
-    const flush = (): void => {
-      if (group.length > 0) runs.push(...groupFrameRuns(this.table, group, { maxGapBytes: 0, maxRequestBytes: this.#maxRequestBytes }));
-      group = [];
-    };
-    for (const index of indices) {
-      if (group.length > 0 && index !== group[group.length - 1]! + 1) flush();
-      group.push(index);
+  /**
+   * Prefetch requests for `indices` (in priority order): the chunks sorted and grouped into runs, small gaps
+   * between them (at most PREFETCH_MAX_GAP_BYTES of blob) filled so that one request covers them, each run
+   * ranked by the earliest position of its chunks in `indices`.
+   */
+  #prefetchRuns(indices: number[]): FrameRun[] {
+    const rank = new Map<number, number>();
+    indices.forEach((index, position) => {
+      if (!rank.has(index)) rank.set(index, position);
+    });
+    const filled: number[] = [];
+    for (const index of [...rank.keys()].sort((a, b) => a - b)) {
+      const previous = filled[filled.length - 1];
+      if (previous !== undefined && index > previous + 1) {
+        const gap = this.table.frameRange(index).start - this.table.frameRange(previous).end;
+        if (gap <= PREFETCH_MAX_GAP_BYTES) {
+          for (let between = previous + 1; between < index; between++) {
+            filled.push(between);
+            rank.set(between, rank.get(index)!);
+          }
+        }
+      }
+      filled.push(index);
     }
-    flush();
-    return runs;
+    const runs = groupFrameRuns(this.table, filled, { maxGapBytes: 0, maxRequestBytes: this.#maxRequestBytes });
+    const runRank = (run: FrameRun): number => Math.min(...run.indices.map((index) => rank.get(index)!));
+    return runs.map((run) => ({ run, rank: runRank(run) })).sort((a, b) => a.rank - b.rank).map(({ run }) => run);
   }
 
   /** Waits until every chunk written so far has reached the disk cache (or failed to). */

@@ -2,6 +2,8 @@
 // layers' access logs in global first-access order, and LazyLayer's access log and ordered prefetch.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { createMemoryChunkCache } from '../../src/cache/memory.js';
 import {
   chunksOfLayer,
@@ -15,7 +17,7 @@ import {
 } from '../../src/prefetch/profile.js';
 import { referrersTag } from '../../src/prefetch/artifact.js';
 import { BackgroundFetcher } from '../../src/prefetch/background.js';
-import { InlineDecoder, openLazyLayer } from '../../src/reader/index.js';
+import { DEFAULT_PREFETCH_CONCURRENCY, InlineDecoder, openLazyLayer } from '../../src/reader/index.js';
 import { encodeInMemory, makeImage } from '../fixtures/chunktable/helpers.js';
 
 const A = `sha256:${'a'.repeat(64)}`;
@@ -66,8 +68,9 @@ test('referrersTag follows the OCI referrers tag schema', () => {
   assert.equal(referrersTag(A), `sha256-${'a'.repeat(64)}`);
 });
 
-test('a LazyLayer logs first reads in order and prefetches in the given order, adjacent chunks in one request', async () => {
-  const chunk = 16 * 1024;
+test('a LazyLayer logs first reads in order; prefetch ranks runs by profile order, fills small gaps, keeps no chunk past its cache', async () => {
+  // Incompressible 256 KiB chunks: a gap of one frame (256 KiB) is filled, a gap of three (768 KiB) is not.
+  const chunk = 256 * 1024;
   const image = makeImage(12 * chunk, 5);
   const { blob, desc } = await encodeInMemory(image, { chunkSize: chunk });
   const requests: Array<[number, number]> = [];
@@ -91,14 +94,68 @@ test('a LazyLayer logs first reads in order and prefetches in the given order, a
     );
     const table = layer.table;
     requests.length = 0;
-    await layer.prefetch([9, 10, 7, 3]);
+    await layer.prefetch([9, 11, 3]);
+    // 9 and 11 are one frame apart: one request for 9..11, first since 9 comes first; 3 is alone.
     assert.deepEqual(requests, [
-      [table.frameRange(9).start, table.frameRange(10).end],
-      [table.frameRange(7).start, table.frameRange(7).end],
+      [table.frameRange(9).start, table.frameRange(11).end],
       [table.frameRange(3).start, table.frameRange(3).end],
     ]);
-    assert.deepEqual(await layer.read(7 * chunk, chunk), image.subarray(7 * chunk, 8 * chunk));
-    assert.equal(requests.length, 3, 'prefetched chunks are served from memory');
+    assert.deepEqual(await layer.read(10 * chunk, chunk), image.subarray(10 * chunk, 11 * chunk), 'the filled gap chunk is served');
+    assert.equal(requests.length, 2, 'prefetched chunks are served from memory');
+  } finally {
+    await layer.close();
+  }
+});
+
+test('prefetch does not hold on to the chunks it fetched: they are collectable once the memory cache drops them', async () => {
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const chunk = 64 * 1024;
+  const count = 48;
+  const cacheChunks = 2;
+  const image = makeImage(count * chunk, 6);
+  const { blob, desc } = await encodeInMemory(image, { chunkSize: chunk });
+  const inline = new InlineDecoder();
+  const decoded: WeakRef<Buffer>[] = [];
+  let lastFrameStart = -1;
+  let aliveBeforeLast = -1;
+  const layer = await openLazyLayer({
+    descriptor: desc,
+    fetchRange: async (start, end) => {
+      if (start === lastFrameStart) {
+        // Every earlier chunk has been fetched, decoded and cached (or evicted) by now. A macrotask boundary
+        // first: WeakRef targets stay alive until the current job ends.
+        await new Promise((resolve) => setImmediate(resolve));
+        gc();
+        aliveBeforeLast = decoded.filter((ref) => ref.deref() !== undefined).length;
+      }
+      return Buffer.from(blob.subarray(start, end));
+    },
+    memory: createMemoryChunkCache(cacheChunks * chunk),
+    options: {
+      readaheadChunks: 0,
+      maxRequestBytes: 1, // one chunk per request
+      decoder: {
+        kind: 'inline',
+        decode: async (table, index, frame, context) => {
+          const data = await inline.decode(table, index, frame, context);
+          decoded.push(new WeakRef(data));
+          return data;
+        },
+        close: () => inline.close(),
+      },
+    },
+    log: () => undefined,
+  });
+  try {
+    lastFrameStart = layer.table.frameRange(count - 1).start;
+    await layer.prefetch(Array.from({ length: count }, (_, i) => i));
+    assert.equal(decoded.length, count);
+    assert.ok(aliveBeforeLast >= 0, 'the last chunk was requested last');
+    assert.ok(
+      aliveBeforeLast <= cacheChunks + DEFAULT_PREFETCH_CONCURRENCY + 1,
+      `${aliveBeforeLast} of ${count - 1} decoded chunks alive during prefetch; the cache holds ${cacheChunks}`,
+    );
   } finally {
     await layer.close();
   }
