@@ -44,6 +44,12 @@ export const DEFAULT_MAX_GAP_BYTES = 128 * 1024;
  * no extra round trip and halves the round trips of a sequential scan; 0 turns it off.
  */
 export const DEFAULT_READAHEAD_CHUNKS = 1;
+/**
+ * Sequential read-ahead: while reads continue where the previous one ended, the chunks this far ahead of the
+ * read are obtained in the background (from the disk cache, else the registry, at prefetch priority), so
+ * that the reader finds them in memory instead of waiting for each chunk in turn. 0 turns it off.
+ */
+export const DEFAULT_SEQUENTIAL_READAHEAD_CHUNKS = 3;
 /** A frame failing its SHA-512 is fetched again at most this many times (bytes altered in transit). */
 export const DEFAULT_INTEGRITY_RETRIES = 1;
 /**
@@ -76,6 +82,8 @@ export interface LazyLayerOptions {
   maxGapBytes?: number;
   /** Default DEFAULT_READAHEAD_CHUNKS. */
   readaheadChunks?: number;
+  /** Default DEFAULT_SEQUENTIAL_READAHEAD_CHUNKS. */
+  sequentialReadaheadChunks?: number;
   /**
    * Ask for runs of missing chunks that are too far apart to merge (more than maxGapBytes) in one multi-range
    * request, when the init has fetchRanges. Default off: not every registry or CDN answers multi-range well.
@@ -164,6 +172,7 @@ export class LazyLayer implements LayerFileSource {
   readonly #maxGapBytes: number;
   readonly #maxRequestBytes: number;
   readonly #readahead: number;
+  readonly #sequentialReadahead: number;
   readonly #integrityRetries: number;
   /** Single flight: the chunks being obtained (disk or network) right now, shared by every read. */
   readonly #inflight = new Map<number, Deferred>();
@@ -212,6 +221,9 @@ export class LazyLayer implements LayerFileSource {
     this.#maxGapBytes = checkPositive('maxGapBytes', options.maxGapBytes ?? DEFAULT_MAX_GAP_BYTES, true);
     this.#maxRequestBytes = checkPositive('maxRequestBytes', options.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES);
     this.#readahead = Math.floor(checkPositive('readaheadChunks', options.readaheadChunks ?? DEFAULT_READAHEAD_CHUNKS, true));
+    this.#sequentialReadahead = Math.floor(
+      checkPositive('sequentialReadaheadChunks', options.sequentialReadaheadChunks ?? DEFAULT_SEQUENTIAL_READAHEAD_CHUNKS, true),
+    );
     this.#integrityRetries = Math.floor(checkPositive('integrityRetries', options.integrityRetries ?? DEFAULT_INTEGRITY_RETRIES, true));
     this.#present = new Uint8Array(table.chunkCount);
     this.#accessed = new Uint8Array(table.chunkCount);
@@ -301,6 +313,7 @@ export class LazyLayer implements LayerFileSource {
         chunks.push(d.promise);
       }
     }
+    if (sequential) this.#readAheadOf(slices[slices.length - 1]!.index);
     let data: Buffer[];
     if (!waiting) {
       data = chunks as Buffer[];
@@ -564,6 +577,20 @@ export class LazyLayer implements LayerFileSource {
       const leftover = new Error(`layer ${this.layerDigest}: chunk fetch ended without a result`);
       for (const index of [...flights.keys()]) this.#settle(flights, index, { error: leftover });
     }
+  }
+
+  /**
+   * Starts obtaining the chunks after `last` that a sequential reader will want next (disk cache first, else
+   * the registry), in the background and at prefetch priority; chunks in memory or in flight are skipped.
+   */
+  #readAheadOf(last: number): void {
+    if (this.#sequentialReadahead === 0 || this.#closer.signal.aborted) return;
+    const owned: Flights = new Map();
+    for (let index = last + 1; index <= last + this.#sequentialReadahead && index < this.table.chunkCount; index++) {
+      if (this.#inflight.has(index) || this.#fromMemory(index, false)) continue;
+      owned.set(index, this.#register(index));
+    }
+    if (owned.size > 0) ignoreRejection(this.#obtain(owned, 'prefetch'));
   }
 
   /** Chunks after the last missing one that are worth fetching in the same request (see DEFAULT_READAHEAD_CHUNKS). */

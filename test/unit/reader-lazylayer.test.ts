@@ -169,7 +169,7 @@ function setup(f: Fixture, opts: { options?: LazyLayerOptions; memory?: MemoryCh
     fetchRange: registry.fetch,
     memory,
     ...(opts.disk ? { disk: opts.disk } : {}),
-    options: { decoder: inline, retryInitialDelayMs: 1, retryMaxDelayMs: 5, readaheadChunks: 0, ...opts.options },
+    options: { decoder: inline, retryInitialDelayMs: 1, retryMaxDelayMs: 5, readaheadChunks: 0, sequentialReadaheadChunks: 0, ...opts.options },
     log: (line) => logs.push(line),
   });
   return { layer, registry, memory, disk: opts.disk, logs };
@@ -313,6 +313,38 @@ describe('coalescing and caches', () => {
     const got = await layer.read(0, 3 * 4 * KiB);
     assert.ok(got.equals(f.image.subarray(0, 12 * KiB)));
     assert.equal(registry.requests.length, 3);
+  });
+
+  test('a sequential reader gets the next chunks obtained ahead in the background, from disk first', async () => {
+    const f = await fixture(100_000, 4 * KiB);
+    const C = 4 * KiB;
+    const disk = new FakeDisk();
+    // Chunks 0..9 on disk already (a first layer over the same disk read them).
+    const first = setup(f, { disk });
+    await first.layer.read(0, 10 * C);
+    await first.layer.flush();
+    const { layer, registry } = setup(f, { disk, options: { sequentialReadaheadChunks: 3 } });
+    await layer.read(0, 10);
+    await layer.read(10, C); // sequential: chunks 2..4 are obtained ahead
+    await layer.flush();
+    await new Promise((resolve) => setImmediate(resolve));
+    const hitsBefore = layer.stats().memoryHits;
+    assert.ok((await layer.read(2 * C, 3 * C)).equals(f.image.subarray(2 * C, 5 * C)));
+    assert.equal(layer.stats().memoryHits - hitsBefore, 3, 'chunks 2..4 were in memory when read');
+    assert.equal(registry.requests.length, 0, 'all from the disk cache');
+    // Past what is on disk the window goes to the registry, at prefetch priority.
+    await layer.read(5 * C, 5 * C); // sequential up to chunk 9: chunks 10..12 fetched ahead
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.ok(registry.requests.length >= 1, 'the window reached past the disk cache');
+    const fetched = registry.requests.length;
+    assert.ok((await layer.read(10 * C, 3 * C)).equals(f.image.subarray(10 * C, 13 * C)));
+    assert.equal(registry.requests.length, fetched, 'chunks 10..12 were already fetched');
+    // A jump elsewhere is not sequential: nothing is obtained ahead of it (once the window above has landed).
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const before = registry.requests.length;
+    await layer.read(20 * C, 10);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.equal(registry.requests.length, before + 1);
   });
 
   test('readahead rides along in the same request for a sequential reader, and is then served from memory', async () => {
