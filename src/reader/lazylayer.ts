@@ -45,9 +45,9 @@ export const DEFAULT_MAX_GAP_BYTES = 128 * 1024;
  */
 export const DEFAULT_READAHEAD_CHUNKS = 1;
 /**
- * Sequential read-ahead: while reads continue where the previous one ended, the chunks this far ahead of the
- * read are obtained in the background (from the disk cache, else the registry, at prefetch priority), so
- * that the reader finds them in memory instead of waiting for each chunk in turn. 0 turns it off.
+ * Sequential read-ahead from the disk cache: while reads continue where the previous one ended, the chunks
+ * this far ahead that are on disk are loaded into memory in the background, so that the reader finds them
+ * there instead of waiting for each one in turn. 0 turns it off.
  */
 export const DEFAULT_SEQUENTIAL_READAHEAD_CHUNKS = 3;
 /** A frame failing its SHA-512 is fetched again at most this many times (bytes altered in transit). */
@@ -580,17 +580,29 @@ export class LazyLayer implements LayerFileSource {
   }
 
   /**
-   * Starts obtaining the chunks after `last` that a sequential reader will want next (disk cache first, else
-   * the registry), in the background and at prefetch priority; chunks in memory or in flight are skipped.
+   * Starts loading the chunks after `last` that a sequential reader will want next from the disk cache into
+   * memory, in the background. Only chunks already on disk: going to the registry ahead of reads would spend
+   * bytes on guesses (the kernel's own read-ahead makes even a small file's reads look sequential); the
+   * registry read-ahead is the chunk riding along with a miss (DEFAULT_READAHEAD_CHUNKS).
    */
   #readAheadOf(last: number): void {
-    if (this.#sequentialReadahead === 0 || this.#closer.signal.aborted) return;
-    const owned: Flights = new Map();
+    if (this.#sequentialReadahead === 0 || !this.#disk || this.#closer.signal.aborted) return;
+    const candidates: number[] = [];
     for (let index = last + 1; index <= last + this.#sequentialReadahead && index < this.table.chunkCount; index++) {
-      if (this.#inflight.has(index) || this.#fromMemory(index, false)) continue;
-      owned.set(index, this.#register(index));
+      if (!this.#inflight.has(index) && !this.#fromMemory(index, false)) candidates.push(index);
     }
-    if (owned.size > 0) ignoreRejection(this.#obtain(owned, 'prefetch'));
+    if (candidates.length === 0) return;
+    ignoreRejection(
+      (async () => {
+        const onDisk = await this.#onDisk(candidates);
+        const owned: Flights = new Map();
+        // Re-checked after the await: a read may have started or finished one of them meanwhile.
+        for (const index of candidates) {
+          if (onDisk.has(index) && !this.#inflight.has(index) && !this.#fromMemory(index, false)) owned.set(index, this.#register(index));
+        }
+        if (owned.size > 0) await this.#obtain(owned, 'prefetch');
+      })(),
+    );
   }
 
   /** Chunks after the last missing one that are worth fetching in the same request (see DEFAULT_READAHEAD_CHUNKS). */
