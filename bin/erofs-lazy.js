@@ -1,8 +1,8 @@
 #!/usr/bin/env node
-// Entry point of the `erofs-lazy` command: runs the compiled CLI from dist/.
-import { main } from '../dist/src/cli/main.js';
+// Entry point of the `erofs-lazy` command: runs the compiled CLI from dist/ (see src/cli/entry.ts).
+import { run } from '../dist/src/cli/entry.js';
 
-main(process.argv.slice(2)).then(
+run(process.argv.slice(2)).then(
   (code) => { process.exitCode = code; },
   (err) => {
     process.stderr.write(`erofs-lazy: ${err instanceof Error ? err.message : String(err)}\n`);

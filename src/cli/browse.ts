@@ -3,27 +3,11 @@
 // so a listing fetches only the chunks holding the metadata it touches; `--stats` prints what was fetched.
 // The merged view follows overlay semantics (whiteouts and opaque directories applied); `--layer` shows one
 // layer as it is. Only seekable EROFS layers are read: any other layer the command needs is refused with a
-// one-line error (these commands never download a whole layer).
+// one-line error (these commands never download a whole layer). Names and options only; browsecmd.ts is
+// imported when one of them runs.
 import type { Argv } from 'yargs';
-import { displayName, ErofsPathError } from '../erofs/index.js';
-import type { LayeredView, ViewNode } from '../erofs/index.js';
-import { BrowseSession } from './browseimage.js';
-import type { BrowseOpenOptions, BrowseStats } from './browseimage.js';
-import { entryJson, longLine, statJson, statText } from './browseformat.js';
-import type { EntryJson } from './browseformat.js';
+import type { BrowseArgs } from './browsecmd.js';
 import { withImageAccess } from './common.js';
-import type { ImageAccessArgs } from './common.js';
-import { formatBytes, shortDigest } from './output.js';
-
-/** Extents `stat` lists at most (the chunk list still covers the whole file). */
-export const STAT_MAX_EXTENTS = 64;
-
-interface BrowseArgs extends ImageAccessArgs {
-  reference: string;
-  layer?: string;
-  stats: boolean;
-  'cache-dir'?: string;
-}
 
 function withBrowseOptions<T>(y: Argv<T>): Argv<T & { layer?: string; stats: boolean; 'cache-dir'?: string }> {
   return withImageAccess(y)
@@ -33,144 +17,6 @@ function withBrowseOptions<T>(y: Argv<T>): Argv<T & { layer?: string; stats: boo
     .option('cache-dir', { type: 'string', describe: 'also use (and fill) the on-disk chunk cache of this cache dir (as mount --cache-dir)' }) as unknown as Argv<
     T & { layer?: string; stats: boolean; 'cache-dir'?: string }
   >;
-}
-
-function printStats(s: BrowseStats, json: boolean): void {
-  if (json) {
-    process.stderr.write(`${JSON.stringify({ stats: s })}\n`);
-    return;
-  }
-  const pct = (s.fractionFetched * 100).toFixed(2);
-  const lines = [`fetched ${s.bytesFetched} bytes (${formatBytes(s.bytesFetched)}) in ${s.requests} requests: ${pct}% of ${formatBytes(s.blobBytes)} of layer blobs`];
-  for (const l of s.layers) {
-    lines.push(
-      l.opened
-        ? `  layer ${l.index} ${shortDigest(l.digest)}: ${l.bytesFetched} bytes in ${l.requests} requests, ${l.chunksFetched} of ${l.chunkCount} chunks`
-        : `  layer ${l.index} ${shortDigest(l.digest)}: not opened`,
-    );
-  }
-  process.stderr.write(`${lines.join('\n')}\n`);
-}
-
-/** Opens the session, runs `fn`, prints stats if asked, always closes. */
-async function withSession(args: BrowseArgs, options: Omit<BrowseOpenOptions, 'cacheDir'>, json: boolean, fn: (s: BrowseSession) => Promise<void>): Promise<void> {
-  const session = await BrowseSession.open(args.reference, args, { ...options, cacheDir: args['cache-dir'] });
-  try {
-    await fn(session);
-  } finally {
-    if (args.stats) printStats(session.stats(), json);
-    await session.close();
-  }
-}
-
-/** Writes to stdout respecting back-pressure; stops quietly once the reader is gone (EPIPE: `| head`). */
-class Stdout {
-  #closed = false;
-  #error: Error | undefined;
-  constructor() {
-    process.stdout.on('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'EPIPE') this.#closed = true;
-      else this.#error = err;
-    });
-  }
-  get closed(): boolean {
-    return this.#closed;
-  }
-  async write(data: string | Buffer): Promise<void> {
-    if (this.#error) throw this.#error;
-    if (this.#closed) return;
-    if (!process.stdout.write(data)) {
-      // Errors (EPIPE) arrive through the listener above; any of these events ends the wait.
-      await new Promise<void>((resolve) => {
-        const done = (): void => {
-          for (const event of ['drain', 'close', 'error']) process.stdout.off(event, done);
-          resolve();
-        };
-        for (const event of ['drain', 'close', 'error']) process.stdout.once(event, done);
-      });
-    }
-    if (this.#error) throw this.#error;
-  }
-}
-
-function normalizedPath(path: string): string {
-  const parts = path.split('/').filter((p) => p !== '' && p !== '.');
-  return `/${parts.join('/')}`;
-}
-
-function joinPath(base: string, name: string): string {
-  return base === '/' ? `/${name}` : `${base}/${name}`;
-}
-
-async function runLs(args: BrowseArgs & { path: string; long: boolean; recursive: boolean; json: boolean }): Promise<void> {
-  await withSession(args, { readahead: false }, args.json, async (session) => {
-    const view = await session.view(args.layer);
-    // Like ls: a trailing slash follows a symlink to a directory; the link itself is listed otherwise.
-    const node = await view.resolve(args.path, { followFinal: args.path.endsWith('/') });
-    const base = normalizedPath(args.path);
-    const rawIndex = args.layer !== undefined ? session.layerIndex(args.layer) : undefined;
-    const out = new Stdout();
-    const json: EntryJson[] = [];
-    const emit = async (n: ViewNode, path: string, name: string): Promise<void> => {
-      if (!args.long && !args.json) {
-        await out.write(`${args.recursive ? path : name}\n`);
-        return;
-      }
-      const e = await entryJson(view, n, path, name, rawIndex ?? n.layer);
-      if (args.json) json.push(e);
-      else await out.write(`${longLine(e, n.inode.mtime, args.recursive ? path : name)}\n`);
-    };
-    if (node.inode.type !== 'dir') {
-      await emit(node, base, base.split('/').pop() || '/');
-    } else if (args.recursive) {
-      for await (const item of view.walk(node, base)) {
-        if (out.closed) break;
-        if (item.depth === 0) continue;
-        await emit(item.node, item.path, item.path.slice(item.path.lastIndexOf('/') + 1));
-      }
-    } else {
-      for (const entry of await view.readdir(node)) {
-        if (out.closed) break;
-        const name = displayName(entry.name);
-        // Names alone come from the directory blocks; only -l and --json need each entry's inode.
-        if (!args.long && !args.json) await out.write(`${name}\n`);
-        else await emit(await view.child(node, entry), joinPath(base, name), name);
-      }
-    }
-    if (args.json) await out.write(`${JSON.stringify(json, null, 2)}\n`);
-  });
-}
-
-async function runCat(args: BrowseArgs & { path: string }): Promise<void> {
-  await withSession(args, { readahead: true }, false, async (session) => {
-    const view: LayeredView = await session.view(args.layer);
-    const node = await view.resolve(args.path, { followFinal: true });
-    if (node.inode.type === 'dir') throw new ErofsPathError('EISDIR', args.path, 'is a directory');
-    if (node.inode.type !== 'file') throw new ErofsPathError('EINVAL', args.path, `is a ${node.inode.type}, not a regular file`);
-    const out = new Stdout();
-    for await (const piece of view.stream(node)) {
-      if (out.closed) break;
-      await out.write(piece);
-    }
-  });
-}
-
-async function runStat(args: BrowseArgs & { path: string; json: boolean; dereference: boolean }): Promise<void> {
-  await withSession(args, { readahead: false }, args.json, async (session) => {
-    const view = await session.view(args.layer);
-    const node = await view.resolve(args.path, { followFinal: args.dereference });
-    const index = args.layer !== undefined ? session.layerIndex(args.layer) : node.layer;
-    const report = await statJson({
-      view,
-      node,
-      path: normalizedPath(args.path),
-      layerIndex: index,
-      layerDigest: session.descriptors[index]!.digest,
-      chunkSize: session.lazyLayer(index)!.table.chunkSize,
-      maxExtents: STAT_MAX_EXTENTS,
-    });
-    await new Stdout().write(args.json ? `${JSON.stringify(report, null, 2)}\n` : statText(report));
-  });
 }
 
 export function registerBrowse<T>(parser: Argv<T>): Argv<T> {
@@ -184,13 +30,13 @@ export function registerBrowse<T>(parser: Argv<T>): Argv<T> {
           .option('long', { alias: 'l', type: 'boolean', default: false, describe: 'modes, links, owners, sizes, mtimes (UTC), link targets' })
           .option('recursive', { alias: 'R', type: 'boolean', default: false, describe: 'list the whole tree below PATH, one full path per line' })
           .option('json', { type: 'boolean', default: false, describe: 'print the entries as a JSON array' }),
-      (args) => runLs(args as unknown as BrowseArgs & { path: string; long: boolean; recursive: boolean; json: boolean }),
+      async (args) => (await import('./browsecmd.js')).runLs(args as unknown as BrowseArgs & { path: string; long: boolean; recursive: boolean; json: boolean }),
     )
     .command(
       'cat <reference> <path>',
       "write a file's bytes to stdout (symlinks followed)",
       (c) => withBrowseOptions(c).positional('path', { type: 'string', demandOption: true, describe: 'file inside the image' }),
-      (args) => runCat(args as unknown as BrowseArgs & { path: string }),
+      async (args) => (await import('./browsecmd.js')).runCat(args as unknown as BrowseArgs & { path: string }),
     )
     .command(
       'stat <reference> <path>',
@@ -200,6 +46,6 @@ export function registerBrowse<T>(parser: Argv<T>): Argv<T> {
           .positional('path', { type: 'string', demandOption: true, describe: 'path inside the image' })
           .option('dereference', { alias: 'L', type: 'boolean', default: false, describe: 'follow a symlink in the last component' })
           .option('json', { type: 'boolean', default: false, describe: 'print a JSON report' }),
-      (args) => runStat(args as unknown as BrowseArgs & { path: string; json: boolean; dereference: boolean }),
+      async (args) => (await import('./browsecmd.js')).runStat(args as unknown as BrowseArgs & { path: string; json: boolean; dereference: boolean }),
     ) as Argv<T>;
 }

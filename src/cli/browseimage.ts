@@ -14,7 +14,7 @@ import type { ImageStore } from '../oci/store.js';
 import type { Descriptor } from '../oci/types.js';
 import { openLazyLayer, rangeFetcherFromStore } from '../reader/index.js';
 import type { LazyLayer, RangeFetcher } from '../reader/index.js';
-import { imageStoreOptions } from './common.js';
+import { imageStoreOptions } from './imageargs.js';
 import type { ImageAccessArgs } from './common.js';
 
 /** In-memory chunk cache of one command. */

@@ -1,9 +1,8 @@
 // Options shared by the commands that read or write images: platform, plain HTTP, and the containerd-style
-// hosts directory (hosts.toml mirrors and TLS per registry), turned into openImageStore options.
+// hosts directory (hosts.toml mirrors and TLS per registry). Only the option definitions live here (loaded on
+// every start-up); imageargs.ts turns the values into openImageStore options when a command runs.
 import type { Argv } from 'yargs';
-import { DEFAULT_HOSTS_DIR, parsePlatform } from '../fetch/index.js';
-import type { OpenImageStoreOptions } from '../fetch/index.js';
-import type { Platform } from '../oci/types.js';
+import { DEFAULT_HOSTS_DIR } from './defaults.js';
 
 export interface ImageAccessArgs {
   platform?: string;
@@ -27,18 +26,4 @@ export function withImageAccess<T>(y: Argv<T>): Argv<T & ImageAccessArgs> {
       default: DEFAULT_HOSTS_DIR,
       describe: 'containerd-style hosts directory (<dir>/<registry>/hosts.toml): mirrors and TLS per registry; "" for none',
     }) as Argv<T & ImageAccessArgs>;
-}
-
-export function platformOption(value: string | undefined): Platform | undefined {
-  return value === undefined ? undefined : parsePlatform(value);
-}
-
-/** openImageStore's hostsDir for a --hosts-dir value ("" turns hosts.toml off). */
-export function hostsDirOption(value: string | undefined): string | undefined {
-  return value === undefined || value === '' ? undefined : value;
-}
-
-/** The openImageStore options these arguments name. */
-export function imageStoreOptions(args: ImageAccessArgs): OpenImageStoreOptions {
-  return { plainHttp: args['plain-http'], platform: platformOption(args.platform), hostsDir: hostsDirOption(args['hosts-dir']) };
 }

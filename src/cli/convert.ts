@@ -1,20 +1,8 @@
-// `erofs-lazy convert SRC DST`: rewrites an image so that every layer is seekable EROFS.
+// `erofs-lazy convert SRC DST`: rewrites an image so that every layer is seekable EROFS. Names and options
+// only; convertcmd.ts is imported when the command runs.
 import type { Argv } from 'yargs';
-import { convertImage } from '../convert/image.js';
-import type { ConvertProgress } from '../convert/image.js';
-import { DEFAULT_CHUNK_SIZE } from '../chunktable/index.js';
-import { DEFAULT_VERITY_BLOCK_SIZE } from '../verity/dmverity.js';
-import { openImageStore } from '../fetch/index.js';
-import { imageStoreOptions, platformOption, withImageAccess } from './common.js';
-import { formatBytes, printJson, ProgressLine, shortDigest } from './output.js';
-
-const PHASE_TEXT: Record<ConvertProgress['phase'], string> = {
-  'fetch-and-build': 'fetching and building EROFS',
-  encode: 'compressing into seekable frames',
-  push: 'pushing',
-  keep: 'already seekable, copying',
-  done: 'done',
-};
+import { withImageAccess } from './common.js';
+import { DEFAULT_CHUNK_SIZE, DEFAULT_VERITY_BLOCK_SIZE } from './defaults.js';
 
 export function registerConvert(y: Argv): Argv {
   return y.command(
@@ -29,40 +17,6 @@ export function registerConvert(y: Argv): Argv {
         .option('dm-verity-block-size', { type: 'number', default: DEFAULT_VERITY_BLOCK_SIZE, describe: 'dm-verity block size' })
         .option('work-dir', { type: 'string', describe: 'scratch directory (default: the system temp dir)' })
         .option('json', { type: 'boolean', default: false, describe: 'print the new manifest digest and layer sizes as JSON' }),
-    async (args) => {
-      const platform = platformOption(args.platform);
-      const source = openImageStore(args.source, imageStoreOptions(args));
-      const destination = openImageStore(args.destination, imageStoreOptions(args));
-      const progress = new ProgressLine();
-      try {
-        const result = await convertImage(source, destination, {
-          chunkSize: args['chunk-size'],
-          dmVerity: args['dm-verity'],
-          dmVerityBlockSize: args['dm-verity-block-size'],
-          platform,
-          workDir: args['work-dir'],
-          onProgress: (e) =>
-            progress.update(`layer ${e.layerIndex + 1}/${e.layerCount} ${shortDigest(e.sourceDigest)}: ${PHASE_TEXT[e.phase]}`),
-        });
-        progress.done();
-        if (args.json) {
-          printJson({
-            manifestDigest: result.manifestDigest,
-            manifestSize: result.manifestSize,
-            configDigest: result.configDigest,
-            layers: result.layers,
-          });
-        } else {
-          process.stdout.write(`${destination.displayName}@${result.manifestDigest}\n`);
-          for (const l of result.layers) {
-            const raw = l.uncompressedSize === undefined ? '' : `, EROFS ${formatBytes(l.uncompressedSize)} in ${l.chunkCount} chunks`;
-            process.stdout.write(`  ${shortDigest(l.sourceDigest)} -> ${shortDigest(l.digest)} ${l.action} (${formatBytes(l.size)}${raw})\n`);
-          }
-        }
-      } finally {
-        progress.done();
-        await Promise.all([source.close(), destination.close()]);
-      }
-    },
+    async (args) => (await import('./convertcmd.js')).runConvert(args),
   );
 }

@@ -1,5 +1,9 @@
 // Command-line entry: parses arguments with yargs and dispatches to the commands in src/cli/.
 // Every failure ends as one line on stderr and a non-zero exit code (EROFS_LAZY_DEBUG=1 adds the stack).
+// Start-up cost: the command modules imported here only define names, options and descriptions (with the
+// defaults from defaults.ts); each handler imports the module that does the work (a *cmd.ts file) when it
+// runs, so a command loads only what it uses (gRPC for serve and rpull, the registry client for the
+// commands that open images, the mount server for mount). test/unit/cli-startup.test.ts checks this.
 import yargs from 'yargs';
 import type { Argv } from 'yargs';
 import { registerBench } from './bench.js';
@@ -12,10 +16,9 @@ import { registerProfile } from './profile.js';
 import { registerRpull } from './rpull.js';
 import { registerSample } from './sample.js';
 import { registerServe } from './serve.js';
-import { oneLineError } from './output.js';
+import { EXIT_USAGE, reportFailure } from './output.js';
 
-export const EXIT_FAILURE = 1;
-export const EXIT_USAGE = 2;
+export { EXIT_FAILURE, EXIT_USAGE } from './output.js';
 
 function buildParser(argv: string[]): Argv {
   let parser: Argv = yargs(argv)
@@ -55,8 +58,6 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`erofs-lazy: ${err.message}\n`);
       return EXIT_USAGE;
     }
-    process.stderr.write(`erofs-lazy: ${oneLineError(err)}\n`);
-    if (process.env.EROFS_LAZY_DEBUG && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
-    return EXIT_FAILURE;
+    return reportFailure(err);
   }
 }

@@ -1,30 +1,20 @@
-// `erofs-lazy mount REF MOUNTPOINT`, `erofs-lazy umount MOUNTPOINT|--all` and `erofs-lazy stats MOUNTPOINT`.
-import { mkdir, rm } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+// `erofs-lazy mount REF MOUNTPOINT`, `erofs-lazy umount MOUNTPOINT|--all` and `erofs-lazy stats MOUNTPOINT`:
+// their names, options and descriptions. The work is in mountcmd.ts (and mountserve.ts for the serving
+// process), imported when one of these commands runs.
 import type { Argv } from 'yargs';
-import { DEFAULT_CACHE_DIR, DEFAULT_DISK_CACHE_MAX_BYTES, DEFAULT_MEMORY_CACHE_BYTES } from '../cache/index.js';
-import { DEFAULT_BACKGROUND_BYTES_PER_SECOND } from '../prefetch/background.js';
-import { DEFAULT_MAX_GAP_BYTES, DEFAULT_READ_DEADLINE_MS } from '../reader/index.js';
+import { withImageAccess } from './common.js';
+import {
+  DEFAULT_BACKGROUND_BYTES_PER_SECOND,
+  DEFAULT_CACHE_DIR,
+  DEFAULT_DISK_CACHE_MAX_BYTES,
+  DEFAULT_MAX_GAP_BYTES,
+  DEFAULT_MEMORY_CACHE_BYTES,
+  DEFAULT_MOUNT_TIMEOUT_MS,
+  DEFAULT_READ_DEADLINE_MS,
+  DEFAULT_STATE_DIR,
+} from './defaults.js';
 
 const MiB = 1024 * 1024;
-import { notifyParent, startInBackground } from '../mount/daemon.js';
-import { DEFAULT_MOUNT_TIMEOUT_MS, MountServer } from '../mount/server.js';
-import { fetchStats } from '../mount/stats.js';
-import type { MountStats } from '../mount/stats.js';
-import { DEFAULT_STATE_DIR, listMounts, mountDirFor, readState } from '../mount/state.js';
-import { teardownMount } from '../mount/teardown.js';
-import { hostsDirOption, platformOption, withImageAccess } from './common.js';
-import { oneLineError, printJson, formatBytes, shortDigest } from './output.js';
-
-const LOGS_SUBDIR = 'logs';
-
-function logPathFor(stateDir: string, mountpoint: string): string {
-  return join(stateDir, LOGS_SUBDIR, `${mountDirFor(stateDir, mountpoint).split('/').pop()}.log`);
-}
-
-function timestampedLog(line: string): void {
-  process.stderr.write(`${new Date().toISOString()} ${line}\n`);
-}
 
 function withStateDir<T>(y: Argv<T>): Argv<T & { 'state-dir': string }> {
   return y.option('state-dir', {
@@ -66,57 +56,7 @@ export function registerMount(y: Argv): Argv {
           .option('background-fetch', { type: 'boolean', default: false, describe: 'once reads are quiet, fetch the rest of the layers in the background (paused by reads)' })
           .option('background-rate', { type: 'number', default: DEFAULT_BACKGROUND_BYTES_PER_SECOND / MiB, describe: 'MiB/s of background fetching' })
           .option('ready-fd', { type: 'number', hidden: true }),
-      async (args) => {
-        const mountpoint = resolve(args.mountpoint);
-        const stateDir = resolve(args['state-dir']);
-        if (!args.foreground) {
-          const forwarded = process.argv.slice(2).filter((a) => a !== '--foreground');
-          const pid = await startInBackground(process.argv[1]!, forwarded, logPathFor(stateDir, mountpoint));
-          process.stdout.write(`mounted ${args.reference} at ${mountpoint} (pid ${pid}, log ${logPathFor(stateDir, mountpoint)})\n`);
-          return;
-        }
-        const readyFd = args['ready-fd'];
-        let server: MountServer;
-        try {
-          await mkdir(args['cache-dir'], { recursive: true });
-          server = await MountServer.start({
-            reference: args.reference,
-            mountpoint,
-            platform: platformOption(args.platform),
-            plainHttp: args['plain-http'],
-            hostsDir: hostsDirOption(args['hosts-dir']),
-            cacheDir: resolve(args['cache-dir']),
-            cacheMaxBytes: args['cache-max-bytes'],
-            memoryCacheBytes: args['memory-cache-bytes'],
-            rw: args.rw,
-            stateDir,
-            readDeadlineMs: args['read-timeout'] * 1000,
-            mountTimeoutMs: args['mount-timeout'] * 1000,
-            multiRange: args['multi-range'],
-            maxGapBytes: args['max-gap-bytes'],
-            recordPath: args.record === undefined ? undefined : resolve(args.record),
-            prefetchPaths: args['prefetch-path'],
-            backgroundBytesPerSecond: args['background-fetch'] ? args['background-rate'] * MiB : undefined,
-            prefetch: args.prefetch === 'auto' || args.prefetch === 'none' ? args.prefetch : { file: resolve(args.prefetch) },
-            log: timestampedLog,
-          });
-        } catch (err) {
-          if (readyFd !== undefined) await notifyParent(readyFd, { error: oneLineError(err) });
-          throw err;
-        }
-        timestampedLog(`mounted ${args.reference} at ${mountpoint}`);
-        if (readyFd !== undefined) await notifyParent(readyFd, { ready: true, pid: process.pid });
-        await new Promise<void>((done) => {
-          const onSignal = (signal: string) => {
-            timestampedLog(`${signal}: unmounting ${mountpoint}`);
-            server.stop().then(done, (err: unknown) => timestampedLog(`unmount failed, still serving: ${oneLineError(err)}`));
-          };
-          process.on('SIGTERM', () => onSignal('SIGTERM'));
-          process.on('SIGINT', () => onSignal('SIGINT'));
-        });
-        timestampedLog(`unmounted ${mountpoint}`);
-        process.exit(0);
-      },
+      async (args) => (await import('./mountcmd.js')).runMount(args),
     )
     .command(
       'umount [mountpoint]',
@@ -126,27 +66,7 @@ export function registerMount(y: Argv): Argv {
           .positional('mountpoint', { type: 'string' })
           .option('all', { type: 'boolean', default: false, describe: 'unmount every erofs-lazy mount, also of killed processes' })
           .check((a) => (a.all || a.mountpoint ? true : 'name a mount point or --all')),
-      async (args) => {
-        const stateDir = resolve(args['state-dir']);
-        if (args.all) {
-          const failures: string[] = [];
-          for (const { dir, state } of await listMounts(stateDir)) {
-            try {
-              if (state) await teardownMount(state);
-              else await rm(dir, { recursive: true, force: true });
-              if (state) process.stdout.write(`unmounted ${state.mountpoint}\n`);
-            } catch (err) {
-              failures.push(oneLineError(err));
-            }
-          }
-          if (failures.length > 0) throw new Error(failures.join('; '));
-          return;
-        }
-        const mountpoint = resolve(args.mountpoint!);
-        const state = await readState(mountDirFor(stateDir, mountpoint));
-        if (!state) throw new Error(`${mountpoint} is not an erofs-lazy mount`);
-        await teardownMount(state);
-      },
+      async (args) => (await import('./mountcmd.js')).runUmount(args),
     )
     .command(
       'stats <mountpoint>',
@@ -155,46 +75,6 @@ export function registerMount(y: Argv): Argv {
         withStateDir(c)
           .positional('mountpoint', { type: 'string', demandOption: true })
           .option('json', { type: 'boolean', default: false }),
-      async (args) => {
-        const mountpoint = resolve(args.mountpoint);
-        const state = await readState(mountDirFor(resolve(args['state-dir']), mountpoint));
-        if (!state) throw new Error(`${mountpoint} is not an erofs-lazy mount`);
-        const stats = await fetchStats(state.statsSocket);
-        if (args.json) printJson(stats);
-        else printStats(stats);
-      },
+      async (args) => (await import('./mountcmd.js')).runStats(args),
     );
-}
-
-function percent(x: number): string {
-  return `${(x * 100).toFixed(2)}%`;
-}
-
-function printStats(s: MountStats): void {
-  const rows: string[][] = [['layer', 'mode', 'image', 'fetched', 'requests', 'chunks', 'mem hits', 'disk hits', 'served', 'fetched %']];
-  for (const l of s.layers) {
-    rows.push([
-      shortDigest(l.layerDigest),
-      l.lazy ? 'lazy' : 'whole',
-      formatBytes(l.imageSize),
-      formatBytes(l.bytesFetched),
-      String(l.requests),
-      `${l.chunksFetched}/${l.chunkCount}`,
-      String(l.memoryHits),
-      String(l.diskHits),
-      formatBytes(l.bytesServed),
-      percent(l.lazy ? l.bytesFetched / Math.max(1, l.blobSize) : 1),
-    ]);
-  }
-  const t = s.total;
-  rows.push(['total', '', formatBytes(t.imageSize), formatBytes(t.bytesFetched), String(t.requests), String(t.chunksFetched), String(t.memoryHits), String(t.diskHits), formatBytes(t.bytesServed), percent(t.fractionFetched)]);
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  const lines = [`${s.mountpoint}: ${s.reference}@${s.manifestDigest} (pid ${s.pid}, up ${s.uptimeSeconds} s)`];
-  for (const r of rows) lines.push(r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd());
-  if (s.registry) {
-    const r = s.registry;
-    lines.push(`registry client: retries ${r.retries}, redirects followed ${r.redirectsFollowed}, redirect-target hits ${r.redirectTargetHits}, mirror fallbacks ${r.endpointFallbacks}, auth refreshes ${r.authRefreshes}, token renewals ${r.tokenRenewals}, range ignored ${r.rangeIgnored} times, multi-range refused ${r.multiRangeRefused} times`);
-  }
-  lines.push(`read errors ${t.readErrors}, verification failures ${t.verificationFailures}, retries ${t.retries}; memory cache ${formatBytes(s.memoryCache.bytes)} of ${formatBytes(s.memoryCache.maxBytes)}; disk cache ${s.diskCache.root} (corrupt entries discarded: ${s.diskCache.corruptEntries})`);
-  process.stdout.write(`${lines.join('\n')}\n`);
 }

@@ -1,5 +1,11 @@
-// Output helpers shared by the commands: one-line error text, JSON printing, and a progress line that
-// is shown only on a terminal.
+// Output helpers shared by the commands: one-line error text and the failure line every command ends with,
+// timestamped log lines of the serving processes, JSON printing, and a progress line that is shown only on
+// a terminal. Loaded on every start-up: imports nothing.
+
+/** Exit code of a command that failed. */
+export const EXIT_FAILURE = 1;
+/** Exit code of a command line that does not parse (unknown command or option, missing argument). */
+export const EXIT_USAGE = 2;
 
 /** The error's message on one line (causes appended), without stack traces. */
 export function oneLineError(err: unknown): string {
@@ -11,6 +17,18 @@ export function oneLineError(err: unknown): string {
     current = current instanceof Error ? current.cause : undefined;
   }
   return parts.join(': ').replace(/\s*\n\s*/g, ' ');
+}
+
+/** Reports a failed command: one line on stderr (the stack too with EROFS_LAZY_DEBUG=1); returns the exit code. */
+export function reportFailure(err: unknown): number {
+  process.stderr.write(`erofs-lazy: ${oneLineError(err)}\n`);
+  if (process.env.EROFS_LAZY_DEBUG && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
+  return EXIT_FAILURE;
+}
+
+/** A log line of a serving process (mount --foreground, serve), on stderr with an ISO timestamp. */
+export function timestampedLog(line: string): void {
+  process.stderr.write(`${new Date().toISOString()} ${line}\n`);
 }
 
 export function printJson(value: unknown): void {

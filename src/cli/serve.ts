@@ -1,26 +1,19 @@
 // `erofs-lazy serve`: the containerd remote snapshotter (containerd's snapshots API over gRPC on a unix
 // socket, plugged in as `[proxy_plugins.erofs-lazy]`), serving seekable EROFS layers lazily and every other
-// layer the way containerd's overlayfs snapshotter does. Runs in the foreground, logs to stderr, and unmounts
-// what it mounted on SIGTERM/SIGINT (exit 0); see src/snapshotter. Also the hidden `serve-fuse-manager`,
-// the detached process serve starts to keep the layers' FUSE mounts alive across a serve crash.
-import { mkdir } from 'node:fs/promises';
-import { resolve } from 'node:path';
+// layer the way containerd's overlayfs snapshotter does. Also the hidden `serve-fuse-manager`, the detached
+// process serve starts to keep the layers' FUSE mounts alive across a serve crash. Names and options only;
+// servecmd.ts (gRPC, the snapshotter) and fusemanagercmd.ts are imported when their command runs.
 import type { Argv } from 'yargs';
-import { DEFAULT_CACHE_DIR, DEFAULT_DISK_CACHE_MAX_BYTES, DEFAULT_MEMORY_CACHE_BYTES } from '../cache/index.js';
-import { notifyParent } from '../mount/daemon.js';
-import { DEFAULT_MOUNT_TIMEOUT_MS } from '../mount/server.js';
-import { DEFAULT_READ_DEADLINE_MS } from '../reader/index.js';
-import { FUSE_MANAGER_COMMAND, runFuseManager } from '../snapshotter/fusemanager.js';
-import { DEFAULT_SNAPSHOTTER_ROOT, SnapshotterServer } from '../snapshotter/server.js';
-import { hostsDirOption, platformOption, withImageAccess } from './common.js';
-import { oneLineError } from './output.js';
-
-/** Exit code when serving cannot go on (the FUSE manager died). */
-const EXIT_FATAL = 1;
-
-function timestampedLog(line: string): void {
-  process.stderr.write(`${new Date().toISOString()} ${line}\n`);
-}
+import { withImageAccess } from './common.js';
+import {
+  DEFAULT_CACHE_DIR,
+  DEFAULT_DISK_CACHE_MAX_BYTES,
+  DEFAULT_MEMORY_CACHE_BYTES,
+  DEFAULT_MOUNT_TIMEOUT_MS,
+  DEFAULT_READ_DEADLINE_MS,
+  DEFAULT_SNAPSHOTTER_ROOT,
+  FUSE_MANAGER_COMMAND,
+} from './defaults.js';
 
 export function registerServe<T>(parser: Argv<T>): Argv<T> {
   return parser
@@ -44,47 +37,7 @@ export function registerServe<T>(parser: Argv<T>): Argv<T> {
           .option('metrics-address', { type: 'string', describe: 'HOST:PORT to serve Prometheus metrics on (/metrics)' })
           .option('prefetch', { type: 'boolean', default: true, describe: 'prefetch each remote layer from the profile stored with its image (--no-prefetch: off)' })
           .option('multi-range', { type: 'boolean', default: false, describe: 'fetch distant runs of missing chunks in one multi-range request' }),
-      async (args) => {
-        await mkdir(args['cache-dir'], { recursive: true });
-        const server = await SnapshotterServer.start({
-          address: resolve(args.address),
-          root: resolve(args.root),
-          cacheDir: resolve(args['cache-dir']),
-          cacheMaxBytes: args['cache-max-bytes'],
-          memoryCacheBytes: args['memory-cache-bytes'],
-          registry: { plainHttp: args['plain-http'], hostsDir: hostsDirOption(args['hosts-dir']), platform: platformOption(args.platform) },
-          readDeadlineMs: args['read-timeout'] * 1000,
-          mountTimeoutMs: args['mount-timeout'] * 1000,
-          prefetch: args.prefetch,
-          multiRange: args['multi-range'],
-          fuseManager: args['fuse-manager'],
-          cliPath: resolve(process.argv[1]!),
-          metricsAddress: args['metrics-address'],
-          log: timestampedLog,
-          onFatal: () => {
-            timestampedLog('exiting; start serve again to mount the layers again');
-            process.exit(EXIT_FATAL);
-          },
-        });
-        timestampedLog(`serving containerd snapshots on ${server.socket}${args['metrics-address'] ? `, metrics on http://${args['metrics-address']}/metrics` : ''}`);
-        const code = await new Promise<number>((done) => {
-          const onSignal = (signal: string): void => {
-            timestampedLog(`${signal}: stopping`);
-            server.stop().then(
-              () => done(0),
-              (err: unknown) => {
-                timestampedLog(`stopping left something behind: ${oneLineError(err)}`);
-                done(1);
-              },
-            );
-          };
-          process.once('SIGTERM', () => onSignal('SIGTERM'));
-          process.once('SIGINT', () => onSignal('SIGINT'));
-        });
-        timestampedLog(code === 0 ? 'stopped' : 'stopped with errors');
-        // FUSE handles of mounts cut loose from running containers would keep node alive.
-        process.exit(code);
-      },
+      async (args) => (await import('./servecmd.js')).runServe(args),
     )
     .command(
       FUSE_MANAGER_COMMAND,
@@ -94,19 +47,6 @@ export function registerServe<T>(parser: Argv<T>): Argv<T> {
           .option('root', { type: 'string', demandOption: true })
           .option('foreground', { type: 'boolean', default: true })
           .option('ready-fd', { type: 'number' }),
-      async (args) => {
-        const readyFd = args['ready-fd'];
-        let code: number;
-        try {
-          code = await runFuseManager(resolve(args.root), timestampedLog, async (pid) => {
-            if (readyFd !== undefined) await notifyParent(readyFd, { ready: true, pid });
-          });
-        } catch (err) {
-          if (readyFd !== undefined) await notifyParent(readyFd, { error: oneLineError(err) });
-          throw err;
-        }
-        timestampedLog('FUSE manager stopped');
-        process.exit(code);
-      },
+      async (args) => (await import('./fusemanagercmd.js')).runFuseManagerCommand(args),
     ) as Argv<T>;
 }

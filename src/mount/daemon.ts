@@ -1,6 +1,7 @@
 // Runs a mount in the background: `erofs-lazy mount` re-executes itself with --foreground in a detached
 // process whose output goes to a log file, and returns once that process reports the mount ready (or the
-// error that stopped it) through an extra pipe.
+// error that stopped it) through an extra pipe. Extra environment entries can hand the child what the parent
+// already worked out (`mount` passes its parsed options, so that its serving process need not parse them).
 import { spawn } from 'node:child_process';
 import { createWriteStream, openSync, closeSync, readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
@@ -33,13 +34,19 @@ function logTail(path: string): string {
   }
 }
 
+export interface BackgroundOptions {
+  /** Added to this process's environment for the child. */
+  env?: Record<string, string>;
+}
+
 /** Starts `node CLI args... --foreground --ready-fd 3` detached and waits for its readiness message. */
-export async function startInBackground(cliPath: string, args: string[], logPath: string): Promise<number> {
+export async function startInBackground(cliPath: string, args: string[], logPath: string, options: BackgroundOptions = {}): Promise<number> {
   await mkdir(dirname(logPath), { recursive: true });
   const logFd = openSync(logPath, 'a');
   const child = spawn(process.execPath, [cliPath, ...args, '--foreground', '--ready-fd', String(READY_FD)], {
     detached: true,
     stdio: ['ignore', logFd, logFd, 'pipe'],
+    env: options.env ? { ...process.env, ...options.env } : process.env,
   });
   closeSync(logFd);
   const pipe = child.stdio[READY_FD]!;
