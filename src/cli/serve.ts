@@ -36,7 +36,12 @@ export function registerServe<T>(parser: Argv<T>): Argv<T> {
           })
           .option('metrics-address', { type: 'string', describe: 'HOST:PORT to serve Prometheus metrics on (/metrics)' })
           .option('prefetch', { type: 'boolean', default: true, describe: 'prefetch each remote layer from the profile stored with its image (--no-prefetch: off)' })
-          .option('multi-range', { type: 'boolean', default: false, describe: 'fetch distant runs of missing chunks in one multi-range request' }),
+          .option('multi-range', { type: 'boolean', default: false, describe: 'fetch distant runs of missing chunks in one multi-range request' })
+          .option('prefetch-path', {
+            type: 'string',
+            array: true,
+            describe: 'prefetch what reading this path needs in every remote layer holding it (file or directory tree); repeatable',
+          }),
       async (args) => (await import('./servecmd.js')).runServe(args),
     )
     .command(

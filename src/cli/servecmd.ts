@@ -22,6 +22,7 @@ export interface ServeArgs extends ImageAccessArgs {
   'metrics-address'?: string;
   prefetch: boolean;
   'multi-range': boolean;
+  'prefetch-path'?: string[];
 }
 
 export async function runServe(args: ServeArgs): Promise<void> {
@@ -37,6 +38,7 @@ export async function runServe(args: ServeArgs): Promise<void> {
     mountTimeoutMs: args['mount-timeout'] * 1000,
     prefetch: args.prefetch,
     multiRange: args['multi-range'],
+    prefetchPaths: args['prefetch-path'],
     fuseManager: args['fuse-manager'],
     cliPath: resolve(process.argv[1]!),
     metricsAddress: args['metrics-address'],

@@ -1,6 +1,7 @@
 // The record of what one mount created (FUSE dir, loop devices, erofs mounts, overlay, temp dirs, the
 // serving process), kept as JSON under the state root so that `umount` and `umount --all` can undo it in
 // the right order, also after the serving process was killed.
+import { readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -80,12 +81,22 @@ export async function listMounts(stateDir: string): Promise<Array<{ dir: string;
   return out;
 }
 
+/**
+ * Whether `pid` is a live process. A zombie (exited, not yet reaped by its parent, which can take long under
+ * some init processes) is not: it serves nothing, though kill(pid, 0) still succeeds on it.
+ */
 export function processAlive(pid: number | undefined): boolean {
   if (!pid) return false;
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  try {
+    // /proc/PID/stat: "pid (comm) state ...": the state letter follows the last ')'.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
   }
 }

@@ -43,6 +43,8 @@ export interface ServeOptions {
   prefetch?: boolean;
   /** Multi-range requests for distant runs of missing chunks. */
   multiRange?: boolean;
+  /** Paths prefetched in every remote layer that holds them. */
+  prefetchPaths?: string[];
   /** Serve the layers' FUSE mounts from a detached FUSE manager (true) or from this process. */
   fuseManager: boolean;
   /** The erofs-lazy CLI script, to start the FUSE manager with. */
@@ -128,6 +130,7 @@ export class SnapshotterServer {
       mountTimeoutMs: options.mountTimeoutMs,
       prefetch: options.prefetch,
       multiRange: options.multiRange,
+      prefetchPaths: options.prefetchPaths,
     };
     let backend: LayerBackend | undefined;
     let layers: RemoteLayerManager | undefined;

@@ -17,6 +17,7 @@ import type { Platform } from '../oci/types.js';
 import { multiRangeFetcherFromStore, openLazyLayer, rangeFetcherFromStore, RegistryHealth } from '../reader/index.js';
 import { findProfile } from '../prefetch/artifact.js';
 import { chunksOfLayer } from '../prefetch/profile.js';
+import { planPathPrefetch } from '../prefetch/paths.js';
 import type { LayerFileSource, LazyLayer } from '../reader/index.js';
 import { errorMessage } from './errors.js';
 import { KeyedMutex } from './lock.js';
@@ -53,6 +54,11 @@ export interface LayerServiceConfig {
   prefetch?: boolean;
   /** Multi-range requests for distant runs of missing chunks (see `mount --multi-range`). */
   multiRange?: boolean;
+  /**
+   * Paths to prefetch in every remote layer that holds them (resolved in that layer alone: a snapshotter
+   * mounts layers one by one), e.g. an entry point common to the images it serves.
+   */
+  prefetchPaths?: string[];
 }
 
 export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
@@ -205,6 +211,7 @@ export class InProcessLayers {
       }
       this.#stacks.set(digest, stack);
       if (this.config.prefetch) this.#prefetch(stack, ref);
+      if (this.config.prefetchPaths?.length) this.#prefetchPaths(stack, this.config.prefetchPaths);
       return { erofsDir: stack.erofsDir };
     });
   }
@@ -225,6 +232,20 @@ export class InProcessLayers {
       await lazy.prefetch(chunks);
       this.#log(`layer ${stack.digest}: prefetched ${chunks.length} chunks of the image's profile in ${Date.now() - started} ms`);
     })().catch((err: unknown) => this.#log(`layer ${stack.digest}: prefetch failed: ${errorMessage(err)}`));
+  }
+
+  /** Prefetches what reading `paths` needs in this layer (paths it does not hold are skipped), in the background. */
+  #prefetchPaths(stack: Stack, paths: string[]): void {
+    const lazy = stack.lazy;
+    if (!lazy) return;
+    const started = Date.now();
+    (async () => {
+      const plan = await planPathPrefetch([{ source: lazy, chunkSize: lazy.table.chunkSize }], paths);
+      const chunks = plan.chunks.get(0) ?? [];
+      if (chunks.length === 0) return;
+      await lazy.prefetch(chunks);
+      this.#log(`layer ${stack.digest}: prefetched ${chunks.length} chunks for the prefetch paths in ${Date.now() - started} ms`);
+    })().catch((err: unknown) => this.#log(`layer ${stack.digest}: path prefetch failed: ${errorMessage(err)}`));
   }
 
   /** Unmounts what exists of a stack: erofs, loop device, FUSE; closes its reader and store. */

@@ -591,7 +591,7 @@ describe('erofs-lazy serve (containerd snapshots API)', () => {
     assert.deepEqual(mountsUnder(dirs.root), []);
   });
 
-  test('a prefetch profile stored with the image is fetched as soon as its layer is mounted', async () => {
+  test('a prefetch profile stored with the image, and --prefetch-path, are fetched as soon as their layer is mounted', async () => {
     const dirs = { socket: join(base, 'pf/sock'), root: join(base, 'pf/root'), cache: join(base, 'pf/cache') };
     roots.push(dirs.root);
     const top = lazy.layers.length - 1;
@@ -609,7 +609,7 @@ describe('erofs-lazy serve (containerd snapshots API)', () => {
     const pushed = await runCli(['profile', 'push', lazy.ref, profilePath]);
     assert.equal(pushed.code, 0, pushed.stderr);
     const port = await freePort();
-    const serve = await startServe(dirs, ['--no-fuse-manager', '--metrics-address', `127.0.0.1:${port}`]);
+    const serve = await startServe(dirs, ['--no-fuse-manager', '--metrics-address', `127.0.0.1:${port}`, '--prefetch-path', '/big/blob.bin', '--prefetch-path', '/no/such']);
     serves.push(serve);
     const c = new SnapshotsClient(dirs.socket);
     clients.push(c);
@@ -617,6 +617,11 @@ describe('erofs-lazy serve (containerd snapshots API)', () => {
     const until = Date.now() + SERVE_READY_TIMEOUT_MS;
     while (!/prefetched \d+ chunks/.test(serve.log()) && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
     assert.match(serve.log(), new RegExp(`layer ${lazy.layers[top]!.digest}: prefetched ${chunks.length} chunks of the image's profile`));
+    // /big/blob.bin (24 MiB) lives in the top layer only: about 96 chunks of 256 KiB there, none elsewhere.
+    while (!/prefetched \d+ chunks for the prefetch paths/.test(serve.log()) && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+    const pathLines = serve.log().split('\n').filter((l) => l.includes('for the prefetch paths'));
+    assert.equal(pathLines.length, 1, serve.log());
+    assert.match(pathLines[0]!, new RegExp(`layer ${lazy.layers[top]!.digest}: prefetched (9[6-9]|1[0-9][0-9]) chunks`));
     const metrics = await fetchText(`http://127.0.0.1:${port}/metrics`);
     assert.ok(metricSum(metrics, 'erofs_lazy_fetched_bytes_total') > 0, 'chunks fetched before anything was read');
     for (const chain of [...lazy.chains].reverse()) await c.remove(chain);
