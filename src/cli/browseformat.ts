@@ -46,9 +46,9 @@ export function shortTime(seconds: number): string {
   return new Date(seconds * 1000).toISOString().slice(0, 16).replace('T', ' ');
 }
 
-export interface EntryJson {
+/** What `ls --json` and `stat --json` both say of an inode. */
+export interface InodeJsonBase {
   path: string;
-  name: string;
   type: FileType;
   /** Octal permission bits with setuid/setgid/sticky, e.g. "0755". */
   mode: string;
@@ -58,6 +58,10 @@ export interface EntryJson {
   size: number;
   nlink: number;
   mtime: string;
+}
+
+export interface EntryJson extends InodeJsonBase {
+  name: string;
   target?: string;
   /** "major:minor" for devices. */
   rdev?: string;
@@ -116,17 +120,8 @@ export interface ExtentJson extends DataExtent {
   chunks?: [number, number];
 }
 
-export interface StatJson {
-  path: string;
+export interface StatJson extends InodeJsonBase {
   layer: { index: number; digest: string };
-  type: FileType;
-  mode: string;
-  permissions: string;
-  uid: number;
-  gid: number;
-  size: number;
-  nlink: number;
-  mtime: string;
   nid: number;
   ino: number;
   inodeForm: 'compact' | 'extended';
