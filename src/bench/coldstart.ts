@@ -99,6 +99,8 @@ export interface ColdStartOptions {
   modes: ModeName[];
   /** Extra scenarios (tests use a small one). */
   extraScenarios?: Scenario[];
+  /** Paths for the lazy-paths mode (prefetch by path); that mode is skipped without them. */
+  prefetchPaths?: string[];
   cliPath: string;
   repoRoot: string;
   /** Directory for the JSON, Markdown and SVG files; none to only return the result. */
@@ -196,6 +198,7 @@ export async function runColdStartBench(options: ColdStartOptions): Promise<Cold
     const registry = (await run(registryScript, ['start', '--dir', registryDir, '--port', '0'])).stdout.trim();
     log(`registry at ${registry} (storage ${registryDir})`);
     env.features = await detectFeatures(env, notes);
+    if (options.prefetchPaths?.length) env.features.prefetchPaths = options.prefetchPaths;
     const all = [...benchScenarios(options.bigFileMiB), ...(options.extraScenarios ?? [])];
     const wanted = options.scenarios ?? all.map((s) => s.name);
     const scenarios = wanted.map((name) => {

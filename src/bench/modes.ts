@@ -41,6 +41,8 @@ export interface BenchFeatures {
   record: boolean;
   /** `erofs-lazy mount --prefetch FILE|none`. */
   prefetch: boolean;
+  /** Paths for the lazy-paths mode (`mount --prefetch-path`), from `bench --prefetch-path`. */
+  prefetchPaths?: string[];
   /** A running containerd for the containerd modes, if any. */
   containerd?: ContainerdEnv;
 }
@@ -366,6 +368,9 @@ export function skipReason(mode: ModeName, t: RunTarget, features: BenchFeatures
       if (!features.record || !features.prefetch) return '`erofs-lazy mount --help` does not list --record and --prefetch yet';
       if (!t.profilePath) return 'no profile was recorded for this workload';
       return undefined;
+    case 'lazy-paths':
+      if (!features.prefetchPaths?.length) return 'no --prefetch-path given to the bench';
+      return undefined;
     case 'containerd-overlayfs':
     case 'containerd-lazy':
       if (!features.containerd) return 'containerd is not available (see the notes)';
@@ -398,6 +403,15 @@ export async function runMode(env: BenchEnv, mode: ModeName, t: RunTarget, state
       const cacheDir = join(env.scratch, `cache-prefetch-${Date.now()}`);
       try {
         return await lazyMount(env, t, cacheDir, ['--prefetch', t.profilePath!]);
+      } finally {
+        await rm(cacheDir, { recursive: true, force: true });
+      }
+    }
+    case 'lazy-paths': {
+      const cacheDir = join(env.scratch, `cache-paths-${Date.now()}`);
+      const paths = (env.features.prefetchPaths ?? []).flatMap((p) => ['--prefetch-path', p]);
+      try {
+        return await lazyMount(env, t, cacheDir, ['--prefetch', 'none', ...paths]);
       } finally {
         await rm(cacheDir, { recursive: true, force: true });
       }

@@ -9,6 +9,7 @@ export const MODE_NAMES = [
   'lazy-cold',
   'lazy-warm',
   'lazy-prefetch',
+  'lazy-paths',
   'containerd-overlayfs',
   'containerd-lazy',
 ] as const;
@@ -21,6 +22,7 @@ export const MODE_LABELS: Record<ModeName, string> = {
   'lazy-cold': 'erofs-lazy mount, cold caches',
   'lazy-warm': 'erofs-lazy mount, warm disk cache',
   'lazy-prefetch': 'erofs-lazy mount, cold, prefetch from a recorded profile',
+  'lazy-paths': 'erofs-lazy mount, cold, prefetch by path (--prefetch-path)',
   'containerd-overlayfs': 'containerd: ctr pull + ctr run (overlayfs)',
   'containerd-lazy': 'containerd: erofs-lazy serve + rpull + ctr run',
 };

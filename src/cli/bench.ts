@@ -27,7 +27,8 @@ export function registerBench(y: Argv): Argv {
         .option('work-dir', { type: 'string', default: b.DEFAULT_BENCH_WORK_DIR, describe: 'cache of built trees, images, registry storage, raw images' })
         .option('out-dir', { type: 'string', describe: 'write JSON, Markdown report and SVG charts here' })
         .option('out-name', { type: 'string', describe: 'file name stem of the outputs (default coldstart-DATE)' })
-        .option('render', { type: 'string', describe: 'only render the report (Markdown, SVG) of this result JSON into its directory' });
+        .option('render', { type: 'string', describe: 'only render the report (Markdown, SVG) of this result JSON into its directory' })
+        .option('prefetch-path', { type: 'string', array: true, describe: 'paths for the lazy-paths mode (mount --prefetch-path); repeatable' });
     },
     async (args) => (await import('./benchcmd.js')).runBench(args),
   );

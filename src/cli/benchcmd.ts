@@ -20,6 +20,7 @@ export interface BenchArgs {
   'out-dir'?: string;
   'out-name'?: string;
   render?: string;
+  'prefetch-path'?: string[];
 }
 
 function list(value: string | undefined): string[] | undefined {
@@ -49,6 +50,7 @@ export async function runBench(args: BenchArgs): Promise<void> {
     links,
     scenarios: list(args.scenarios) ?? (args.quick ? QUICK_SCENARIOS : undefined),
     modes: parseModes(args.modes),
+    prefetchPaths: args['prefetch-path'],
     cliPath,
     repoRoot: resolve(cliPath, '../..'),
     outDir: args['out-dir'] ? resolve(args['out-dir']) : undefined,

@@ -15,7 +15,7 @@ import { REPO_ROOT } from '../helpers/registry.js';
 import { tempDir } from '../helpers/tmp.js';
 
 const EMULATED: LinkProfile = { name: 'emulated', rttMs: 10, mbitPerSecond: 400, viaProxy: true };
-const MODES: ModeName[] = ['full-pull', 'full-pull-erofs', 'local', 'lazy-cold', 'lazy-warm', 'lazy-prefetch'];
+const MODES: ModeName[] = ['full-pull', 'full-pull-erofs', 'local', 'lazy-cold', 'lazy-warm', 'lazy-prefetch', 'lazy-paths'];
 const ALWAYS: ModeName[] = ['full-pull', 'full-pull-erofs', 'local', 'lazy-cold', 'lazy-warm'];
 
 test('a one-run benchmark of a small image measures every mode on both links and writes the report', { timeout: 600_000 }, async (t) => {
@@ -40,6 +40,7 @@ test('a one-run benchmark of a small image measures every mode on both links and
     scenarios: ['sample-cat'],
     extraScenarios: [scenario],
     modes: MODES,
+    prefetchPaths: ['/etc/os-release', '/bin'],
     cliPath: CLI_PATH,
     repoRoot: REPO_ROOT,
     outDir: join(work, 'out'),
@@ -69,6 +70,9 @@ test('a one-run benchmark of a small image measures every mode on both links and
     assert.ok(warm.bytesFetched! < cold.bytesFetched!, `${sc.id} warm fetched ${warm.bytesFetched} vs cold ${cold.bytesFetched}`);
     assert.equal(mode('local').median!.bytesFetched, 0);
     assert.ok(cold.peakRssBytes! > 10e6 && cold.memoryCacheBytes! > 0, `${sc.id} peak RSS ${cold.peakRssBytes}`);
+    const paths = mode('lazy-paths');
+    assert.equal(paths.runs.length, 1, `lazy-paths: ${paths.skipped ?? paths.failures?.join('; ')}`);
+    assert.ok(paths.median!.fractionFetched! < 0.5, `${sc.id} lazy-paths fetched ${paths.median!.fractionFetched}`);
     const prefetch = mode('lazy-prefetch');
     assert.ok(prefetch.runs.length === 1 || /--record|profile/.test(prefetch.skipped ?? ''), `prefetch: ${prefetch.skipped}`);
   }
