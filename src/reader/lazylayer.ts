@@ -50,6 +50,13 @@ export const DEFAULT_READAHEAD_CHUNKS = 1;
  * there instead of waiting for each one in turn. 0 turns it off.
  */
 export const DEFAULT_SEQUENTIAL_READAHEAD_CHUNKS = 3;
+/**
+ * A sequential run this long (bytes read back to back) is a scan, not a small file the kernel reads ahead in:
+ * from then on the read-ahead window also fetches from the registry, SEQUENTIAL_NETWORK_WINDOW_BYTES ahead.
+ */
+export const SEQUENTIAL_NETWORK_RAMP_BYTES = 8 * 1024 * 1024;
+/** How far ahead of a long sequential scan the window fetches from the registry. */
+export const SEQUENTIAL_NETWORK_WINDOW_BYTES = 16 * 1024 * 1024;
 /** A frame failing its SHA-512 is fetched again at most this many times (bytes altered in transit). */
 export const DEFAULT_INTEGRITY_RETRIES = 1;
 /**
@@ -84,6 +91,10 @@ export interface LazyLayerOptions {
   readaheadChunks?: number;
   /** Default DEFAULT_SEQUENTIAL_READAHEAD_CHUNKS. */
   sequentialReadaheadChunks?: number;
+  /** Default SEQUENTIAL_NETWORK_RAMP_BYTES. */
+  sequentialScanBytes?: number;
+  /** Default SEQUENTIAL_NETWORK_WINDOW_BYTES. */
+  sequentialScanWindowBytes?: number;
   /**
    * Ask for runs of missing chunks that are too far apart to merge (more than maxGapBytes) in one multi-range
    * request, when the init has fetchRanges. Default off: not every registry or CDN answers multi-range well.
@@ -173,6 +184,8 @@ export class LazyLayer implements LayerFileSource {
   readonly #maxRequestBytes: number;
   readonly #readahead: number;
   readonly #sequentialReadahead: number;
+  readonly #scanBytes: number;
+  readonly #scanWindowBytes: number;
   readonly #integrityRetries: number;
   /** Single flight: the chunks being obtained (disk or network) right now, shared by every read. */
   readonly #inflight = new Map<number, Deferred>();
@@ -182,6 +195,11 @@ export class LazyLayer implements LayerFileSource {
   readonly #accessLog: Array<readonly [number, number]> = [];
   readonly #accessed: Uint8Array;
   #lastReadAt = Number.NEGATIVE_INFINITY;
+  /** Bytes read back to back in the current sequential run (0 after a jump). */
+  #sequentialRunBytes = 0;
+  /** The chunk the read-ahead window last started from, and whether it was a scan then. */
+  #readAheadFrom = -1;
+  #readAheadScan = false;
   /** Chunks found locally or fetched at least once (for fractionFetched). */
   readonly #present: Uint8Array;
   #presentCount = 0;
@@ -221,6 +239,8 @@ export class LazyLayer implements LayerFileSource {
     this.#maxGapBytes = checkPositive('maxGapBytes', options.maxGapBytes ?? DEFAULT_MAX_GAP_BYTES, true);
     this.#maxRequestBytes = checkPositive('maxRequestBytes', options.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES);
     this.#readahead = Math.floor(checkPositive('readaheadChunks', options.readaheadChunks ?? DEFAULT_READAHEAD_CHUNKS, true));
+    this.#scanBytes = checkPositive('sequentialScanBytes', options.sequentialScanBytes ?? SEQUENTIAL_NETWORK_RAMP_BYTES);
+    this.#scanWindowBytes = checkPositive('sequentialScanWindowBytes', options.sequentialScanWindowBytes ?? SEQUENTIAL_NETWORK_WINDOW_BYTES, true);
     this.#sequentialReadahead = Math.floor(
       checkPositive('sequentialReadaheadChunks', options.sequentialReadaheadChunks ?? DEFAULT_SEQUENTIAL_READAHEAD_CHUNKS, true),
     );
@@ -288,6 +308,7 @@ export class LazyLayer implements LayerFileSource {
     // read-ahead; a first touch of a region, such as one small file, fetches just the chunks it needs.
     const sequential = offset >= this.#lastReadEnd && offset - this.#lastReadEnd <= this.table.chunkSize;
     this.#lastReadEnd = offset + length;
+    this.#sequentialRunBytes = sequential ? this.#sequentialRunBytes + length : 0;
     const chunks: Array<Buffer | Promise<Buffer>> = [];
     const owned: Flights = new Map();
     let waiting = false;
@@ -313,7 +334,7 @@ export class LazyLayer implements LayerFileSource {
         chunks.push(d.promise);
       }
     }
-    if (sequential) this.#readAheadOf(slices[slices.length - 1]!.index);
+    if (sequential) this.#readAheadOf(slices[slices.length - 1]!.index, this.#sequentialRunBytes >= this.#scanBytes);
     let data: Buffer[];
     if (!waiting) {
       data = chunks as Buffer[];
@@ -580,25 +601,34 @@ export class LazyLayer implements LayerFileSource {
   }
 
   /**
-   * Starts loading the chunks after `last` that a sequential reader will want next from the disk cache into
-   * memory, in the background. Only chunks already on disk: going to the registry ahead of reads would spend
-   * bytes on guesses (the kernel's own read-ahead makes even a small file's reads look sequential); the
-   * registry read-ahead is the chunk riding along with a miss (DEFAULT_READAHEAD_CHUNKS).
+   * Starts obtaining the chunks after `last` that a sequential reader will want next, in the background at
+   * prefetch priority. Normally only chunks already in the disk cache (loaded into memory): going to the
+   * registry ahead of reads would spend bytes on guesses, since the kernel's own read-ahead makes even a small
+   * file's reads look sequential. Once the run is a long scan (`scan`: SEQUENTIAL_NETWORK_RAMP_BYTES read back
+   * to back), chunks up to SEQUENTIAL_NETWORK_WINDOW_BYTES ahead are fetched from the registry too.
    */
-  #readAheadOf(last: number): void {
-    if (this.#sequentialReadahead === 0 || !this.#disk || this.#closer.signal.aborted) return;
+  #readAheadOf(last: number, scan: boolean): void {
+    if (this.#sequentialReadahead === 0 || this.#closer.signal.aborted) return;
+    if (!scan && !this.#disk) return;
+    // Once per chunk the reader moves into (a FUSE read is at most 128 KiB: dozens per chunk), not per read.
+    if (last === this.#readAheadFrom && scan === this.#readAheadScan) return;
+    this.#readAheadFrom = last;
+    this.#readAheadScan = scan;
+    const ahead = scan ? Math.max(this.#sequentialReadahead, Math.ceil(this.#scanWindowBytes / this.table.chunkSize)) : this.#sequentialReadahead;
     const candidates: number[] = [];
-    for (let index = last + 1; index <= last + this.#sequentialReadahead && index < this.table.chunkCount; index++) {
+    for (let index = last + 1; index <= last + ahead && index < this.table.chunkCount; index++) {
       if (!this.#inflight.has(index) && !this.#fromMemory(index, false)) candidates.push(index);
     }
     if (candidates.length === 0) return;
     ignoreRejection(
       (async () => {
-        const onDisk = await this.#onDisk(candidates);
+        const onDisk = scan ? undefined : await this.#onDisk(candidates);
         const owned: Flights = new Map();
         // Re-checked after the await: a read may have started or finished one of them meanwhile.
         for (const index of candidates) {
-          if (onDisk.has(index) && !this.#inflight.has(index) && !this.#fromMemory(index, false)) owned.set(index, this.#register(index));
+          if ((onDisk === undefined || onDisk.has(index)) && !this.#inflight.has(index) && !this.#fromMemory(index, false)) {
+            owned.set(index, this.#register(index));
+          }
         }
         if (owned.size > 0) await this.#obtain(owned, 'prefetch');
       })(),

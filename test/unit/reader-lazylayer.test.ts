@@ -339,6 +339,27 @@ describe('coalescing and caches', () => {
     assert.equal(registry.requests.length, 1, 'the miss itself');
   });
 
+  test('a long sequential scan (past sequentialScanBytes) gets a window fetched from the registry ahead of it', async () => {
+    const f = await fixture(100_000, 4 * KiB);
+    const C = 4 * KiB;
+    const { layer, registry } = setup(f, { options: { sequentialReadaheadChunks: 1, sequentialScanBytes: 3 * C, sequentialScanWindowBytes: 3 * C } });
+    // A first read and one continuing it (a run of 1 chunk, under 3): nothing fetched ahead.
+    await layer.read(0, C);
+    await layer.read(C, C);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.equal(registry.requests.length, 2);
+    // The run reaches 3 chunks: from then on the next 3 chunks are fetched ahead of the reader.
+    await layer.read(2 * C, C);
+    await layer.read(3 * C, C);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const ahead = registry.requests.length;
+    assert.ok(ahead > 4, `requests ${ahead}`);
+    assert.ok((await layer.read(4 * C, 3 * C)).equals(f.image.subarray(4 * C, 7 * C)));
+    // That read needed no request of its own; the window moved on (7..9).
+    const later = registry.requests.slice(ahead);
+    assert.ok(later.every((r) => r.start >= f.table.frameRange(7).start), `chunks 4..6 were fetched ahead: ${JSON.stringify(later)}`);
+  });
+
   test('readahead rides along in the same request for a sequential reader, and is then served from memory', async () => {
     const f = await fixture(100_000, 4 * KiB);
     const C = 4 * KiB;
