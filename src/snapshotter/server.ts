@@ -29,22 +29,10 @@ export const PID_FILE = 'serve.pid';
 /** How often serve checks that its FUSE manager still runs. */
 const MANAGER_WATCH_INTERVAL_MS = 2_000;
 
-export interface ServeOptions {
+/** What `serve` needs: the layer service's settings (chunk caches, registry, prefetch, ...) and its own. */
+export interface ServeOptions extends LayerServiceConfig {
   /** Unix socket path. */
   address: string;
-  root: string;
-  cacheDir: string;
-  cacheMaxBytes: number;
-  memoryCacheBytes: number;
-  registry: RegistryAccess;
-  readDeadlineMs: number;
-  mountTimeoutMs: number;
-  /** Prefetch each remote layer from the profile stored with its image. */
-  prefetch?: boolean;
-  /** Multi-range requests for distant runs of missing chunks. */
-  multiRange?: boolean;
-  /** Paths prefetched in every remote layer that holds them. */
-  prefetchPaths?: string[];
   /** Serve the layers' FUSE mounts from a detached FUSE manager (true) or from this process. */
   fuseManager: boolean;
   /** The erofs-lazy CLI script, to start the FUSE manager with. */
@@ -120,18 +108,8 @@ export class SnapshotterServer {
     const root = resolve(options.root);
     await mkdir(root, { recursive: true, mode: 0o700 });
     await claimRoot(root);
-    const config: LayerServiceConfig = {
-      root,
-      cacheDir: resolve(options.cacheDir),
-      cacheMaxBytes: options.cacheMaxBytes,
-      memoryCacheBytes: options.memoryCacheBytes,
-      registry: options.registry,
-      readDeadlineMs: options.readDeadlineMs,
-      mountTimeoutMs: options.mountTimeoutMs,
-      prefetch: options.prefetch,
-      multiRange: options.multiRange,
-      prefetchPaths: options.prefetchPaths,
-    };
+    const { address: _address, fuseManager: _fuseManager, cliPath: _cliPath, metricsAddress: _metrics, log: _log, onFatal: _onFatal, ...layerSettings } = options;
+    const config: LayerServiceConfig = { ...layerSettings, root, cacheDir: resolve(options.cacheDir) };
     let backend: LayerBackend | undefined;
     let layers: RemoteLayerManager | undefined;
     let grpc: SnapshotsGrpcServer | undefined;
