@@ -25,6 +25,7 @@ import { iterateSource, openSink } from './io.js';
 import type { ByteSink, ByteSource, Sink } from './io.js';
 import { DEFAULT_MAX_CHUNK_TABLE_BYTES, loadChunkTable, SKIPPABLE_HEADER_SIZE } from './table.js';
 import type { ChunkTable } from './table.js';
+import { errorMessage } from '../util/errors.js';
 
 /**
  * Largest zstd window (log2) accepted where the chunk size is not known yet (stream input, sequential path):
@@ -56,9 +57,6 @@ function checkLimitOption(name: string, value: number | undefined): void {
   }
 }
 
-function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
 
 /** zstd error name for a window larger than windowLogMax. */
 const ZSTD_WINDOW_TOO_LARGE = 'Frame requires too much memory';
@@ -89,7 +87,7 @@ class StreamingZstd {
       try {
         [ret, produced, consumed] = this.#dctx.decompressStream(this.#out, src.subarray(pos));
       } catch (err) {
-        const message = messageOf(err);
+        const message = errorMessage(err);
         const rule = message.includes(ZSTD_WINDOW_TOO_LARGE) ? 16 : 15;
         throw new SeekableFormatError(rule, `${this.what}: zstd error at stream offset +${pos}: ${message}`, { cause: err });
       }

@@ -6,6 +6,7 @@ import { verifyFrameDigest } from '../verity/digests.js';
 import { SeekableFormatError } from './errors.js';
 import { SKIPPABLE_MAGIC_FIRST, SKIPPABLE_MAGIC_LAST } from './table.js';
 import type { ChunkTable } from './table.js';
+import { errorMessage } from '../util/errors.js';
 
 /** Standard zstd frame magic (bytes 28 B5 2F FD). */
 export const ZSTD_FRAME_MAGIC = 0xfd2fb528;
@@ -114,9 +115,6 @@ export function checkFrameHeader(header: ZstdFrameHeader, expectedSize: number, 
 const ZSTD_OUTPUT_OVERFLOW = 'Destination buffer is too small';
 const ZSTD_CHECKSUM_MISMATCH = "Restored data doesn't match checksum";
 
-function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
 
 export interface DecodeFrameOptions {
   /** Appended to error messages, e.g. " (layer sha256:…)". */
@@ -171,7 +169,7 @@ export class FrameDecoder {
     try {
       frameSize = zstd.findFrameCompressedSize(frame);
     } catch (err) {
-      throw new SeekableFormatError(15, `${what}: not a complete zstd frame: ${messageOf(err)}`, { cause: err });
+      throw new SeekableFormatError(15, `${what}: not a complete zstd frame: ${errorMessage(err)}`, { cause: err });
     }
     if (frameSize !== frame.length) {
       throw new SeekableFormatError(16, `${what}: zstd frame ends at ${frameSize} but the section is ${frame.length} bytes (extra data after the frame)`);
@@ -182,7 +180,7 @@ export class FrameDecoder {
     try {
       produced = this.#dctx.decompress(out, frame);
     } catch (err) {
-      const message = messageOf(err);
+      const message = errorMessage(err);
       if (message.includes(ZSTD_OUTPUT_OVERFLOW)) {
         throw new SeekableFormatError(17, `${what}: frame decodes to more than ${expectedSize} bytes`, { cause: err });
       }

@@ -1,23 +1,14 @@
 // Output helpers shared by the commands: one-line error text and the failure line every command ends with,
 // timestamped log lines of the serving processes, JSON printing, and a progress line that is shown only on
-// a terminal. Loaded on every start-up: imports nothing.
+// a terminal. Loaded on every start-up: imports only the tiny src/util/errors.
 
 /** Exit code of a command that failed. */
 export const EXIT_FAILURE = 1;
 /** Exit code of a command line that does not parse (unknown command or option, missing argument). */
 export const EXIT_USAGE = 2;
 
-/** The error's message on one line (causes appended), without stack traces. */
-export function oneLineError(err: unknown): string {
-  const parts: string[] = [];
-  let current: unknown = err;
-  for (let depth = 0; current !== undefined && depth < 4; depth++) {
-    const text = current instanceof Error ? current.message : String(current);
-    if (text && !parts.some((p) => p.includes(text))) parts.push(text);
-    current = current instanceof Error ? current.cause : undefined;
-  }
-  return parts.join(': ').replace(/\s*\n\s*/g, ' ');
-}
+export { oneLineError } from '../util/errors.js';
+import { oneLineError } from '../util/errors.js';
 
 /** Reports a failed command: one line on stderr (the stack too with EROFS_LAZY_DEBUG=1); returns the exit code. */
 export function reportFailure(err: unknown): number {

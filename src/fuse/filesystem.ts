@@ -10,6 +10,7 @@ import type { FuseOperations, FuseStat, FuseStatfs } from './native.js';
 import { NativeFuse } from './native.js';
 import type { UnmountOptions } from './unmount.js';
 import { forceUnmountFuse, isFuseType, mountDeviceAt, mountTypesAt, unmountFuse } from './unmount.js';
+import { errorMessage } from '../util/errors.js';
 
 const E = osConstants.errno;
 const ENOENT = -E.ENOENT;
@@ -104,9 +105,6 @@ function defaultLog(line: string): void {
   process.stderr.write(`${line}\n`);
 }
 
-function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
 
 function validateSources(sources: readonly LayerFileSource[]): void {
   const seen = new Set<string>();

@@ -34,11 +34,7 @@ import type { LayerMountRecord, MountState } from './state.js';
 import { attachLoop, mountErofs, mountOverlay } from './system.js';
 import { teardownMount } from './teardown.js';
 import { fetchWholeLayer } from './wholelayer.js';
-
-/** An error as one line, for the log and stats. */
-function oneLine(err: unknown): string {
-  return (err instanceof Error ? err.message : String(err)).replace(/\s*\n\s*/g, ' ');
-}
+import { oneLineError } from '../util/errors.js';
 
 /** How often the serving process checks that its mount record still exists. */
 const WATCHDOG_INTERVAL_MS = 2_000;
@@ -284,12 +280,12 @@ export class MountServer {
       status.ms = Date.now() - started;
       const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
       status.state = failed ? 'failed' : 'done';
-      if (failed) status.error = oneLine(failed.reason);
+      if (failed) status.error = oneLineError(failed.reason);
       this.options.log(`prefetch: ${status.state} in ${status.ms} ms${failed ? `: ${status.error}` : ''}`);
     };
     run().catch((err: unknown) => {
-      this.prefetchStatus = { source: source === 'auto' ? 'registry' : source.file, chunks: 0, state: 'failed', ms: Date.now() - started, error: oneLine(err) };
-      this.options.log(`prefetch: failed: ${oneLine(err)}`);
+      this.prefetchStatus = { source: source === 'auto' ? 'registry' : source.file, chunks: 0, state: 'failed', ms: Date.now() - started, error: oneLineError(err) };
+      this.options.log(`prefetch: failed: ${oneLineError(err)}`);
     });
   }
 
@@ -330,7 +326,7 @@ export class MountServer {
       (err: unknown) => {
         status.state = 'failed';
         status.ms = Date.now() - started;
-        status.error = oneLine(err);
+        status.error = oneLineError(err);
         this.options.log(`prefetch: paths failed: ${status.error}`);
       },
     );
@@ -385,7 +381,7 @@ export class MountServer {
     this.stopping ??= (async () => {
       clearInterval(this.watchdog);
       await this.background?.stop();
-      await this.writeRecord().catch((err: unknown) => this.options.log(`could not write the prefetch record ${this.options.recordPath}: ${oneLine(err)}`));
+      await this.writeRecord().catch((err: unknown) => this.options.log(`could not write the prefetch record ${this.options.recordPath}: ${oneLineError(err)}`));
       const current = (await readState(this.state.dir)) ?? this.state;
       await teardownMount(current, { unmountFuse: async () => this.fuse?.unmount() });
       // Chunks fetched last may still be on their way to the disk cache: let them land before the process exits.

@@ -18,6 +18,7 @@ import type { MultiRangeFetcher, RangeFetcher, RangesFetcher } from './types.js'
 import type { ByteRange } from '../oci/store.js';
 import type { ImageStore } from '../oci/store.js';
 import type { Descriptor } from '../oci/types.js';
+import { errorMessage } from '../util/errors.js';
 
 /** Longest a single range request may take before it is abandoned and retried. */
 export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
@@ -159,7 +160,7 @@ async function fetchWithRetries(job: RangeFetchJob, singleAttempt: boolean): Pro
     const reason: unknown = deadline.signal.reason;
     if (reason instanceof ReadDeadlineError) {
       return new ReadDeadlineError(
-        `${describeSite(site)}: not fetched within ${deadline.ms} ms (${attempts} request${attempts === 1 ? '' : 's'}${lastError === undefined ? '' : `, last error: ${messageOf(lastError)}`})`,
+        `${describeSite(site)}: not fetched within ${deadline.ms} ms (${attempts} request${attempts === 1 ? '' : 's'}${lastError === undefined ? '' : `, last error: ${errorMessage(lastError)}`})`,
         site.layerDigest,
         deadline.ms,
         { cause: lastError ?? reason },
@@ -183,7 +184,7 @@ async function fetchWithRetries(job: RangeFetchJob, singleAttempt: boolean): Pro
       lastError = err;
       hooks.onError(err);
       if (!isTransientFetchError(err) || singleAttempt) {
-        throw new ChunkFetchError(`${describeSite(site)}: fetch failed: ${messageOf(err)}`, site, attempts, isTransientFetchError(err), { cause: err });
+        throw new ChunkFetchError(`${describeSite(site)}: fetch failed: ${errorMessage(err)}`, site, attempts, isTransientFetchError(err), { cause: err });
       }
       const delay = backoffDelay(retry, job.policy);
       try {
@@ -196,9 +197,6 @@ async function fetchWithRetries(job: RangeFetchJob, singleAttempt: boolean): Pro
   }
 }
 
-function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
 
 /**
  * A RangeFetcher over an ImageStore's fetchRange for one layer; the attempt's AbortSignal is passed on, so an

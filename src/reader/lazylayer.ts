@@ -26,6 +26,7 @@ import { RequestSemaphore } from './semaphore.js';
 import type { RequestPriority } from './semaphore.js';
 import { zeroReadCounters } from './types.js';
 import type { LayerFileSource, LayerStats, MultiRangeFetcher, RangeFetcher, ReadCounters, ReaderLog } from './types.js';
+import { errorMessage } from '../util/errors.js';
 
 /** A read (and the fetches it starts) fails after this long, retries included. */
 export const DEFAULT_READ_DEADLINE_MS = 30_000;
@@ -155,9 +156,6 @@ function checkPositive(name: string, value: number, allowZero = false): number {
   return value;
 }
 
-function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
 
 const defaultLog: ReaderLog = (line) => {
   process.stderr.write(`${line}\n`);
@@ -345,7 +343,7 @@ export class LazyLayer implements LayerFileSource {
         () =>
           new ReadDeadlineError(
             `layer ${this.layerDigest}: read of ${length} bytes at ${offset} did not complete within ${this.readDeadlineMs} ms${
-              this.#lastFetchError === undefined ? '' : ` (last fetch error: ${messageOf(this.#lastFetchError)})`
+              this.#lastFetchError === undefined ? '' : ` (last fetch error: ${errorMessage(this.#lastFetchError)})`
             }`,
             this.layerDigest,
             this.readDeadlineMs,
@@ -418,7 +416,7 @@ export class LazyLayer implements LayerFileSource {
     for (const r of results) if (r.status === 'rejected') errors.push(r.reason);
     if (this.#closer.signal.aborted) errors.push(this.#closer.signal.reason);
     if (errors.length > 0) {
-      throw new AggregateError(errors, `layer ${this.layerDigest}: prefetch of ${candidates.length} chunks: ${errors.length} failed (first: ${messageOf(errors[0])})`);
+      throw new AggregateError(errors, `layer ${this.layerDigest}: prefetch of ${candidates.length} chunks: ${errors.length} failed (first: ${errorMessage(errors[0])})`);
     }
   }
 
@@ -513,7 +511,7 @@ export class LazyLayer implements LayerFileSource {
         try {
           if (await disk.has(this.#key(index))) found.add(index);
         } catch (err) {
-          this.#log(`erofs-lazy: disk cache lookup failed: layer ${this.layerDigest} chunk ${index}: ${messageOf(err)}`);
+          this.#log(`erofs-lazy: disk cache lookup failed: layer ${this.layerDigest} chunk ${index}: ${errorMessage(err)}`);
         }
       }),
     );
@@ -528,7 +526,7 @@ export class LazyLayer implements LayerFileSource {
       const data = await disk.get(this.#key(index), length);
       return data && data.length === length ? data : undefined;
     } catch (err) {
-      this.#log(`erofs-lazy: disk cache read failed: layer ${this.layerDigest} chunk ${index}: ${messageOf(err)}`);
+      this.#log(`erofs-lazy: disk cache read failed: layer ${this.layerDigest} chunk ${index}: ${errorMessage(err)}`);
       return undefined;
     }
   }
@@ -538,7 +536,7 @@ export class LazyLayer implements LayerFileSource {
     try {
       this.#memory.set(this.#key(index), data);
     } catch (err) {
-      this.#log(`erofs-lazy: memory cache write failed: layer ${this.layerDigest} chunk ${index}: ${messageOf(err)}`);
+      this.#log(`erofs-lazy: memory cache write failed: layer ${this.layerDigest} chunk ${index}: ${errorMessage(err)}`);
     }
   }
 
@@ -549,7 +547,7 @@ export class LazyLayer implements LayerFileSource {
     if (!disk) return;
     const write: Promise<void> = Promise.resolve()
       .then(() => disk.put(this.#key(index), data))
-      .catch((err: unknown) => this.#log(`erofs-lazy: disk cache write failed: layer ${this.layerDigest} chunk ${index}: ${messageOf(err)}`))
+      .catch((err: unknown) => this.#log(`erofs-lazy: disk cache write failed: layer ${this.layerDigest} chunk ${index}: ${errorMessage(err)}`))
       .finally(() => this.#pendingWrites.delete(write));
     this.#pendingWrites.add(write);
   }
@@ -725,7 +723,7 @@ export class LazyLayer implements LayerFileSource {
           if (isSeekableReadError(err)) {
             this.#c.verificationFailures++;
             this.#log(
-              `erofs-lazy: verification failed: layer ${this.layerDigest} chunk ${index} blob range [${start}, ${end}): ${messageOf(err)}${again ? '; fetching it again' : ''}`,
+              `erofs-lazy: verification failed: layer ${this.layerDigest} chunk ${index} blob range [${start}, ${end}): ${errorMessage(err)}${again ? '; fetching it again' : ''}`,
             );
           }
           if (again) refetch.push(index);

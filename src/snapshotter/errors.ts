@@ -30,6 +30,4 @@ export function invalidArgument(message: string): SnapshotError {
   return new SnapshotError('invalid-argument', message);
 }
 
-export function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
+export { errorMessage } from '../util/errors.js';
