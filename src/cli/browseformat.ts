@@ -60,6 +60,21 @@ export interface InodeJsonBase {
   mtime: string;
 }
 
+/** The fields of InodeJsonBase for `ino` at `path`. */
+function inodeJsonBase(path: string, ino: ErofsInode): InodeJsonBase {
+  return {
+    path,
+    type: ino.type,
+    mode: octalMode(ino.permissions),
+    permissions: modeString(ino.type, ino.permissions),
+    uid: ino.uid,
+    gid: ino.gid,
+    size: ino.size,
+    nlink: ino.nlink,
+    mtime: isoTime(ino.mtime, ino.mtimeNsec),
+  };
+}
+
 export interface EntryJson extends InodeJsonBase {
   name: string;
   target?: string;
@@ -77,16 +92,8 @@ export function octalMode(permissions: number): string {
 export async function entryJson(view: LayeredView, node: ViewNode, path: string, name: string, layer: number): Promise<EntryJson> {
   const ino = node.inode;
   const out: EntryJson = {
-    path,
+    ...inodeJsonBase(path, ino),
     name,
-    type: ino.type,
-    mode: octalMode(ino.permissions),
-    permissions: modeString(ino.type, ino.permissions),
-    uid: ino.uid,
-    gid: ino.gid,
-    size: ino.size,
-    nlink: ino.nlink,
-    mtime: isoTime(ino.mtime, ino.mtimeNsec),
     layer,
     nid: ino.nid,
   };
@@ -176,16 +183,8 @@ export async function statJson(input: StatInput): Promise<StatJson & { extentsTr
     }
   }
   const out: StatJson & { extentsTruncated: boolean } = {
-    path: input.path,
+    ...inodeJsonBase(input.path, ino),
     layer: { index: input.layerIndex, digest: input.layerDigest },
-    type: ino.type,
-    mode: octalMode(ino.permissions),
-    permissions: modeString(ino.type, ino.permissions),
-    uid: ino.uid,
-    gid: ino.gid,
-    size: ino.size,
-    nlink: ino.nlink,
-    mtime: isoTime(ino.mtime, ino.mtimeNsec),
     nid: ino.nid,
     ino: ino.ino,
     inodeForm: ino.extended ? 'extended' : 'compact',
