@@ -43,6 +43,11 @@ export function registerMount(y: Argv): Argv {
           .option('multi-range', { type: 'boolean', default: false, describe: 'fetch distant runs of missing chunks in one multi-range request (single ranges again if the registry refuses)' })
           .option('max-gap-bytes', { type: 'number', default: DEFAULT_MAX_GAP_BYTES, describe: 'fetch missing chunks at most this many blob bytes apart in one range (gap bytes are fetched and dropped)' })
           .option('record', { type: 'string', describe: 'when unmounted, write the chunks reads asked for (first-read order) to this profile file' })
+          .option('record-exact', {
+            type: 'boolean',
+            default: false,
+            describe: "with --record: turn the kernel's read-ahead on the layer files off, so the profile's block ranges are only what the filesystem read (for `profile paths`)",
+          })
           .option('prefetch', {
             type: 'string',
             default: 'auto',

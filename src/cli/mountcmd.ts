@@ -33,6 +33,7 @@ export interface MountArgs extends ImageAccessArgs, StateDirArgs {
   'multi-range': boolean;
   'max-gap-bytes': number;
   record?: string;
+  'record-exact': boolean;
   prefetch: string;
   'prefetch-path'?: string[];
   'background-fetch': boolean;
@@ -62,6 +63,7 @@ function serveOptions(args: MountArgs, mountpoint: string, stateDir: string): Mo
     multiRange: args['multi-range'],
     maxGapBytes: args['max-gap-bytes'],
     recordPath: args.record === undefined ? undefined : resolve(args.record),
+    recordExact: args['record-exact'],
     prefetchPaths: args['prefetch-path'],
     backgroundBytesPerSecond: args['background-fetch'] ? args['background-rate'] * MiB : undefined,
     prefetch: args.prefetch === 'auto' || args.prefetch === 'none' ? args.prefetch : { file: resolve(args.prefetch) },

@@ -1,8 +1,10 @@
-// What `erofs-lazy profile push` and `profile show` do (their options are in profile.ts).
-import { readFile } from 'node:fs/promises';
+// What `erofs-lazy profile push`, `profile show` and `profile paths` do (their options are in profile.ts).
+import { readFile, rename, writeFile } from 'node:fs/promises';
 import { openImageStore } from '../fetch/index.js';
 import { findProfile, pushProfile } from '../prefetch/artifact.js';
+import { hotPathsOfProfile, LayerByteOwners } from '../prefetch/hotpaths.js';
 import { parseProfile } from '../prefetch/profile.js';
+import { BrowseSession } from './browseimage.js';
 import type { ImageAccessArgs } from './common.js';
 import { imageStoreOptions, platformOption } from './imageargs.js';
 import { printJson } from './output.js';
@@ -34,5 +36,40 @@ export async function runProfileShow(args: ImageAccessArgs & { reference: string
     printJson(profile);
   } finally {
     await store.close();
+  }
+}
+
+export async function runProfilePaths(args: ImageAccessArgs & { reference: string; file: string; output?: string; 'cache-dir'?: string }): Promise<void> {
+  const profile = parseProfile(await readFile(args.file), args.file);
+  if (profile.ranges.length === 0) {
+    throw new Error(`${args.file} has no block ranges (it was recorded before erofs-lazy recorded them, or nothing was read): record it again with \`mount --record\``);
+  }
+  const session = await BrowseSession.open(args.reference, args, { readahead: false, cacheDir: args['cache-dir'] });
+  try {
+    const byDigest = new Map(session.descriptors.map((d, i) => [d.digest, i]));
+    const unknown = profile.layers.filter((d) => !byDigest.has(d));
+    if (unknown.length === profile.layers.length) {
+      throw new Error(`${args.file} was recorded on other layers than ${args.reference} has (first: ${unknown[0]})`);
+    }
+    const used = new Set(profile.ranges.map(([layer]) => layer));
+    const owners = await Promise.all(
+      profile.layers.map(async (digest, i) => {
+        const index = byDigest.get(digest);
+        return index === undefined || !used.has(i) ? undefined : LayerByteOwners.build(await session.layerImage(index));
+      }),
+    );
+    const paths = hotPathsOfProfile(profile, owners);
+    const text = paths.map((p) => `${p}\n`).join('');
+    if (args.output === undefined) {
+      process.stdout.write(text);
+    } else {
+      const temp = `${args.output}.tmp-${process.pid}`;
+      await writeFile(temp, text);
+      await rename(temp, args.output);
+    }
+    const stats = session.stats();
+    process.stderr.write(`${paths.length} paths from ${profile.ranges.length} ranges; fetched ${stats.bytesFetched} bytes (${(stats.fractionFetched * 100).toFixed(1)}% of the image) to map them\n`);
+  } finally {
+    await session.close();
   }
 }

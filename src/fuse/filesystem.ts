@@ -70,6 +70,11 @@ export interface LayerFilesystemOptions {
   kernelCache?: boolean;
   /** Read-ahead window set on the mount's bdi after mounting, in KiB; 0 leaves the kernel's. */
   readAheadKiB?: number;
+  /**
+   * Turn the kernel's read-ahead on the layer files off (read_ahead_kb 0), so that every read that reaches
+   * the sources is one the reader of the file (the loop device) asked for: what `mount --record` wants.
+   */
+  noReadAhead?: boolean;
   /** libfuse max_background (kernel limit on concurrent read-ahead requests); 0 leaves the default. */
   maxBackground?: number;
   /** Per-read deadline; a read still pending then fails with EIO. */
@@ -130,6 +135,7 @@ export class LayerFilesystem {
   readonly #names: string[];
   readonly #options: readonly string[];
   readonly #readAheadKiB: number;
+  readonly #noReadAhead: boolean;
   readonly #readTimeoutMs: number;
   readonly #log: (line: string) => void;
   readonly #rootStat: FuseStat;
@@ -146,6 +152,7 @@ export class LayerFilesystem {
     this.#log = options.log ?? defaultLog;
     this.#readTimeoutMs = positiveIntegerOption('readTimeoutMs', options.readTimeoutMs ?? DEFAULT_READ_TIMEOUT_MS);
     this.#readAheadKiB = positiveIntegerOption('readAheadKiB', options.readAheadKiB ?? DEFAULT_READ_AHEAD_KIB);
+    this.#noReadAhead = options.noReadAhead ?? false;
     this.#options = options.rawOptions ? [...options.rawOptions] : LayerFilesystem.#buildOptions(options);
     const time = DEFAULT_FILE_TIME;
     this.#rootStat = { mode: ROOT_MODE, uid: OWNER_UID, gid: OWNER_GID, size: 0, nlink: 2, atime: time, mtime: time, ctime: time };
@@ -240,7 +247,8 @@ export class LayerFilesystem {
       if (!mounted) fuse.releaseAfterFailedMount();
       throw new Error(`mounting FUSE on ${mnt} with ${fuse.optionString || 'no options'} failed: ${errorMessage(err)}`, { cause: err });
     }
-    if (this.#readAheadKiB > 0) await this.#setReadAhead(mnt, this.#readAheadKiB);
+    if (this.#noReadAhead) await this.#setReadAhead(mnt, 0);
+    else if (this.#readAheadKiB > 0) await this.#setReadAhead(mnt, this.#readAheadKiB);
   }
 
   /**

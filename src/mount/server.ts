@@ -27,6 +27,7 @@ import { fileSource } from '../erofs/index.js';
 import type { FileSource } from '../erofs/index.js';
 import { chunksOfLayer, parseProfile, profileFromLayers, serializeProfile } from '../prefetch/profile.js';
 import type { PrefetchProfile } from '../prefetch/profile.js';
+import { RecordingSource } from '../prefetch/recorder.js';
 import { serveStats, summarize } from './stats.js';
 import type { MountStats, PrefetchStatus } from './stats.js';
 import { mountDirFor, processAlive, readState, STATE_FILE_NAME, writeState } from './state.js';
@@ -65,6 +66,8 @@ export interface MountOptions {
   maxGapBytes?: number;
   /** Write the chunks reads asked for, in first-read order, to this file when the mount stops. */
   recordPath?: string;
+  /** While recording, turn the kernel's read-ahead on the layer files off (exact block ranges). */
+  recordExact?: boolean;
   /**
    * Prefetch from a recorded profile after mounting: 'auto' looks for one stored with the image (a referrer
    * artifact), a path reads that file, 'none' (the default) turns prefetch off.
@@ -84,6 +87,8 @@ interface OpenedLayer {
   /** Counters of a layer fetched whole. */
   staticStats?: LayerStats;
   file: string;
+  /** The block recorder the FUSE layer reads through (mount --record). */
+  recorder?: RecordingSource;
 }
 
 /** One log line per registry client event: why reads are slow (retries, redirects, ignored ranges). */
@@ -190,10 +195,17 @@ export class MountServer {
       state.layers = opened.map((l) => ({ layerDigest: l.descriptor.digest, file: l.file, lazy: l.lazy !== undefined }));
       await writeState(state);
 
-      const lazySources = opened.flatMap((l) => (l.lazy ? [l.lazy] : []));
+      // Recording: the FUSE layer reads through block recorders; recordExact turns the kernel's read-ahead
+      // off so that the record holds what the filesystem asked for, not its neighbours.
+      const record = options.recordPath !== undefined;
+      const lazySources = opened.flatMap((l) => {
+        if (!l.lazy) return [];
+        if (record) l.recorder = new RecordingSource(l.lazy);
+        return [l.recorder ?? l.lazy];
+      });
       if (lazySources.length > 0) {
         await mkdir(state.fuseMountpoint, { recursive: true });
-        fuse = new LayerFilesystem(lazySources, { log: options.log });
+        fuse = new LayerFilesystem(lazySources, { log: options.log, noReadAhead: record && options.recordExact === true });
         await fuse.mount(state.fuseMountpoint);
       }
 
@@ -336,12 +348,17 @@ export class MountServer {
   private async writeRecord(): Promise<void> {
     const path = this.options.recordPath;
     if (path === undefined) return;
-    const lazyLayers = this.layers.flatMap((l) => (l.lazy ? [l.lazy] : []));
-    const profile = profileFromLayers(this.state.manifestDigest ?? '', lazyLayers);
+    const recorded = this.layers.flatMap((l) => {
+      const lazy = l.lazy;
+      if (!lazy) return [];
+      const recorder = l.recorder;
+      return [{ layerDigest: lazy.layerDigest, accessLog: () => lazy.accessLog(), rangeLog: () => recorder?.rangeLog() ?? [] }];
+    });
+    const profile = profileFromLayers(this.state.manifestDigest ?? '', recorded);
     const temp = `${path}.tmp-${process.pid}`;
     await writeFile(temp, serializeProfile(profile));
     await rename(temp, path);
-    this.options.log(`recorded ${profile.chunks.length} chunks to ${path}`);
+    this.options.log(`recorded ${profile.chunks.length} chunks and ${profile.ranges.length} block ranges to ${path}`);
   }
 
   /**

@@ -1,11 +1,11 @@
 // Layers that cannot be read lazily (tar, tar+gzip, tar+zstd, raw EROFS, EROFS as one plain zstd stream,
 // or a seekable table without per-chunk hashes) are fetched whole into the layer cache, as a raw EROFS
-// image: decoded for EROFS layers, converted with mkfs.erofs for tar layers.
+// image: decoded for EROFS layers, converted with mkfs.erofs for tar layers. The converter (tar-stream, the
+// staging extractor) is loaded only when a tar layer is met, not by every mount.
 import { rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { decodeLayerBlob } from '../chunktable/index.js';
 import type { WholeLayerCache } from '../cache/index.js';
-import { layerToErofs } from '../convert/layer.js';
 import { LAYER_TAR_MEDIA_TYPES } from '../convert/layertar.js';
 import type { ImageStore } from '../oci/store.js';
 import { MEDIA_TYPE } from '../oci/types.js';
@@ -24,6 +24,7 @@ export async function fetchWholeLayer(
   const tmp = cache.tempPath(layer.digest);
   try {
     if (LAYER_TAR_MEDIA_TYPES.has(layer.mediaType)) {
+      const { layerToErofs } = await import('../convert/layer.js');
       await layerToErofs(await store.openBlob(layer), layer.mediaType, tmp, {
         layerDigest: layer.digest,
         workDir: `${dirname(tmp)}/.tmp-staging-${process.pid}-${Date.now()}`,

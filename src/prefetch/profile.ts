@@ -2,9 +2,12 @@
 // fetch them ahead of the workload. A profile is a small JSON document (format in docs/prefetch.md):
 //
 //   { "mediaType": PROFILE_MEDIA_TYPE, "version": 1, "image": "sha256:<manifest>",
-//     "layers": ["sha256:<layer 0 blob>", ...], "chunks": [[layerIndex, chunkIndex], ...] }
+//     "layers": ["sha256:<layer 0 blob>", ...], "chunks": [[layerIndex, chunkIndex], ...],
+//     "ranges": [[layerIndex, offset, length], ...] }
 //
-// `chunks` is one global first-access order across layers. Parsing is strict and bounded: a profile comes from
+// `chunks` is one global first-access order across layers. `ranges` (optional) is the same order at block
+// granularity: the raw-image byte ranges the kernel read, which `profile paths` maps back to files so that
+// `convert --hot-paths` can lay them out together. Parsing is strict and bounded: a profile comes from
 // a registry or a file and is never trusted to be sane.
 import { parseDigest } from '../util/digest.js';
 
@@ -14,6 +17,8 @@ export const PROFILE_VERSION = 1;
 export const MAX_PROFILE_BYTES = 16 * 1024 * 1024;
 /** Most chunk entries accepted in one profile. */
 export const MAX_PROFILE_CHUNKS = 1_000_000;
+/** Most range entries accepted in one profile. */
+export const MAX_PROFILE_RANGES = 1_000_000;
 
 export class ProfileFormatError extends Error {
   override name = 'ProfileFormatError';
@@ -26,12 +31,21 @@ export interface PrefetchProfile {
   layers: string[];
   /** [layer index into `layers`, chunk index], in first-access order. */
   chunks: Array<[number, number]>;
+  /** [layer index, raw-image offset, length], in first-access order; empty when not recorded. */
+  ranges: Array<[number, number, number]>;
 }
 
 /** Serializes a profile (stable key order, one line). */
 export function serializeProfile(profile: PrefetchProfile): Buffer {
   return Buffer.from(
-    JSON.stringify({ mediaType: PROFILE_MEDIA_TYPE, version: PROFILE_VERSION, image: profile.image, layers: profile.layers, chunks: profile.chunks }),
+    JSON.stringify({
+      mediaType: PROFILE_MEDIA_TYPE,
+      version: PROFILE_VERSION,
+      image: profile.image,
+      layers: profile.layers,
+      chunks: profile.chunks,
+      ...(profile.ranges.length > 0 ? { ranges: profile.ranges } : {}),
+    }),
   );
 }
 
@@ -75,7 +89,20 @@ export function parseProfile(bytes: Buffer, where: string): PrefetchProfile {
     if (layer >= layers.length) fail(where, `chunks[${k}] names layer ${layer} of ${layers.length}`);
     chunks.push([layer, chunk]);
   }
-  return { image: record.image, layers, chunks };
+  const ranges: Array<[number, number, number]> = [];
+  if (record.ranges !== undefined) {
+    if (!Array.isArray(record.ranges)) fail(where, 'ranges is not a list');
+    if (record.ranges.length > MAX_PROFILE_RANGES) fail(where, `${record.ranges.length} ranges exceed ${MAX_PROFILE_RANGES}`);
+    for (const [k, entry] of (record.ranges as unknown[]).entries()) {
+      if (!Array.isArray(entry) || entry.length !== 3 || !entry.every((n) => Number.isSafeInteger(n) && (n as number) >= 0) || entry[2] === 0) {
+        fail(where, `ranges[${k}] is not a [layer, offset, length] triple of non-negative integers with length > 0`);
+      }
+      const [layer, offset, length] = entry as [number, number, number];
+      if (layer >= layers.length) fail(where, `ranges[${k}] names layer ${layer} of ${layers.length}`);
+      ranges.push([layer, offset, length]);
+    }
+  }
+  return { image: record.image, layers, chunks, ranges };
 }
 
 /** The chunk order of one layer (by blob digest) in a profile; empty when the profile does not know it. */
@@ -99,6 +126,8 @@ export interface RecordedLayer {
   layerDigest: string;
   /** Chunk indices with the time (ms since any fixed origin) of their first access. */
   accessLog(): ReadonlyArray<readonly [chunk: number, at: number]>;
+  /** Raw-image ranges with the time of their first access (same clock as accessLog), if recorded. */
+  rangeLog?(): ReadonlyArray<readonly [offset: number, length: number, at: number]>;
 }
 
 /** Merges the layers' access logs into one profile, in global first-access order. */
@@ -109,5 +138,15 @@ export function profileFromLayers(image: string, layers: readonly RecordedLayer[
     for (const [chunk, at] of layer.accessLog()) entries.push({ layer: i, chunk, at, seq: seq++ });
   });
   entries.sort((a, b) => a.at - b.at || a.seq - b.seq);
-  return { image, layers: layers.map((l) => l.layerDigest), chunks: entries.map((e) => [e.layer, e.chunk]) };
+  const rangeEntries: Array<{ layer: number; offset: number; length: number; at: number; seq: number }> = [];
+  layers.forEach((layer, i) => {
+    for (const [offset, length, at] of layer.rangeLog?.() ?? []) rangeEntries.push({ layer: i, offset, length, at, seq: seq++ });
+  });
+  rangeEntries.sort((a, b) => a.at - b.at || a.seq - b.seq);
+  return {
+    image,
+    layers: layers.map((l) => l.layerDigest),
+    chunks: entries.map((e) => [e.layer, e.chunk]),
+    ranges: rangeEntries.slice(0, MAX_PROFILE_RANGES).map((e) => [e.layer, e.offset, e.length]),
+  };
 }

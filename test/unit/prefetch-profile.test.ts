@@ -16,6 +16,7 @@ import {
   type PrefetchProfile,
 } from '../../src/prefetch/profile.js';
 import { referrersTag } from '../../src/prefetch/artifact.js';
+import { RecordingSource } from '../../src/prefetch/recorder.js';
 import { BackgroundFetcher } from '../../src/prefetch/background.js';
 import { DEFAULT_PREFETCH_CONCURRENCY, InlineDecoder, openLazyLayer } from '../../src/reader/index.js';
 import { encodeInMemory, makeImage } from '../fixtures/chunktable/helpers.js';
@@ -25,8 +26,11 @@ const B = `sha256:${'b'.repeat(64)}`;
 const IMAGE = `sha256:${'c'.repeat(64)}`;
 
 test('a profile survives serialize → parse', () => {
-  const profile: PrefetchProfile = { image: IMAGE, layers: [A, B], chunks: [[1, 0], [0, 5], [0, 6], [1, 9]] };
+  const profile: PrefetchProfile = { image: IMAGE, layers: [A, B], chunks: [[1, 0], [0, 5], [0, 6], [1, 9]], ranges: [] };
   assert.deepEqual(parseProfile(serializeProfile(profile), 'test'), profile);
+  assert.equal(JSON.parse(serializeProfile(profile).toString()).ranges, undefined, 'no ranges key when none were recorded');
+  const withRanges: PrefetchProfile = { ...profile, ranges: [[1, 0, 4096], [0, 8192, 12288]] };
+  assert.deepEqual(parseProfile(serializeProfile(withRanges), 'test'), withRanges);
 });
 
 test('hostile or malformed profiles are ProfileFormatErrors naming their origin', () => {
@@ -41,6 +45,11 @@ test('hostile or malformed profiles are ProfileFormatErrors naming their origin'
     ['negative chunk', { ...good, chunks: [[0, -1]] }],
     ['fractional chunk', { ...good, chunks: [[0, 1.5]] }],
     ['layer index out of range', { ...good, chunks: [[1, 0]] }],
+    ['ranges not a list', { ...good, ranges: {} }],
+    ['range not a triple', { ...good, ranges: [[0, 4096]] }],
+    ['empty range', { ...good, ranges: [[0, 4096, 0]] }],
+    ['negative range offset', { ...good, ranges: [[0, -4096, 4096]] }],
+    ['range layer out of range', { ...good, ranges: [[1, 0, 4096]] }],
   ];
   for (const [what, doc] of cases) {
     assert.throws(() => parseProfile(Buffer.from(JSON.stringify(doc)), 'file.json'), (err: unknown) => err instanceof ProfileFormatError && err.message.startsWith('file.json: '), what);
@@ -50,7 +59,7 @@ test('hostile or malformed profiles are ProfileFormatErrors naming their origin'
 });
 
 test('chunksOfLayer keeps first-access order, once per chunk, matching the layer by digest', () => {
-  const profile: PrefetchProfile = { image: IMAGE, layers: [A, B, A], chunks: [[0, 3], [1, 1], [2, 0], [0, 3], [2, 7]] };
+  const profile: PrefetchProfile = { image: IMAGE, layers: [A, B, A], chunks: [[0, 3], [1, 1], [2, 0], [0, 3], [2, 7]], ranges: [] };
   assert.deepEqual(chunksOfLayer(profile, A), [3, 0, 7]);
   assert.deepEqual(chunksOfLayer(profile, B), [1]);
   assert.deepEqual(chunksOfLayer(profile, `sha256:${'d'.repeat(64)}`), []);
@@ -59,9 +68,32 @@ test('chunksOfLayer keeps first-access order, once per chunk, matching the layer
 test('profileFromLayers merges access logs by time', () => {
   const profile = profileFromLayers(IMAGE, [
     { layerDigest: A, accessLog: () => [[4, 10], [5, 30]] },
-    { layerDigest: B, accessLog: () => [[0, 20], [1, 40]] },
+    { layerDigest: B, accessLog: () => [[0, 20], [1, 40]], rangeLog: () => [[0, 4096, 15], [65536, 8192, 35]] },
   ]);
-  assert.deepEqual(profile, { image: IMAGE, layers: [A, B], chunks: [[0, 4], [1, 0], [0, 5], [1, 1]] });
+  assert.deepEqual(profile, { image: IMAGE, layers: [A, B], chunks: [[0, 4], [1, 0], [0, 5], [1, 1]], ranges: [[1, 0, 4096], [1, 65536, 8192]] });
+});
+
+test('a RecordingSource logs each block once, in first-read order, merging contiguous first reads', async () => {
+  const size = 10 * 4096 + 100;
+  const reads: Array<[number, number]> = [];
+  let now = 0;
+  const source = new RecordingSource(
+    { name: 'x', size, read: async (offset, length) => (reads.push([offset, length]), Buffer.alloc(length)) },
+    () => now++,
+  );
+  await source.read(8192, 100); // block 2
+  await source.read(0, 4096 * 2); // blocks 0-1: new, not contiguous with the last entry's end
+  await source.read(4096, 4096 * 3); // block 1 seen; 2 seen; 3 new → starts a new entry (3 follows 2, not 1)
+  await source.read(4096 * 4, 10); // block 4 right after 3: merged
+  await source.read(4096 * 10, 1000); // last, short block: clamped at the size
+  await source.read(size + 5, 10); // past the end: nothing
+  assert.deepEqual(source.rangeLog(), [
+    [8192, 4096, 0],
+    [0, 8192, 1],
+    [12288, 8192, 2],
+    [40960, 100, 4],
+  ]);
+  assert.equal(reads.length, 6, 'every read still reaches the source');
 });
 
 test('referrersTag follows the OCI referrers tag schema', () => {
