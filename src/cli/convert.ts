@@ -16,6 +16,11 @@ export function registerConvert(y: Argv): Argv {
         .option('dm-verity', { type: 'boolean', default: false, describe: 'append a dm-verity hash tree (sha512) to each layer' })
         .option('dm-verity-block-size', { type: 'number', default: DEFAULT_VERITY_BLOCK_SIZE, describe: 'dm-verity block size' })
         .option('work-dir', { type: 'string', describe: 'scratch directory (default: the system temp dir)' })
+        .option('hot-paths', {
+          type: 'string',
+          describe:
+            'file listing paths a workload reads first, one per line (from `profile paths`): build layers with erofs-lazy\'s EROFS writer and lay these out together at the front',
+        })
         .option('json', { type: 'boolean', default: false, describe: 'print the new manifest digest and layer sizes as JSON' }),
     async (args) => (await import('./convertcmd.js')).runConvert(args),
   );

@@ -1,5 +1,7 @@
 // What `erofs-lazy convert` does (its options are in convert.ts): converts every layer of an image to
 // seekable EROFS, showing progress on a terminal, and prints the new image and its layers (or JSON).
+import { readFile } from 'node:fs/promises';
+import { parseHotPaths } from '../convert/hotpaths.js';
 import { convertImage } from '../convert/image.js';
 import type { ConvertProgress } from '../convert/image.js';
 import { openImageStore } from '../fetch/index.js';
@@ -22,11 +24,15 @@ export interface ConvertArgs extends ImageAccessArgs {
   'dm-verity': boolean;
   'dm-verity-block-size': number;
   'work-dir'?: string;
+  'hot-paths'?: string;
   json: boolean;
 }
 
+
 export async function runConvert(args: ConvertArgs): Promise<void> {
   const platform = platformOption(args.platform);
+  const hotPathsFile = args['hot-paths'];
+  const hotPaths = hotPathsFile === undefined ? undefined : parseHotPaths(await readFile(hotPathsFile, 'utf8'), hotPathsFile);
   const source = openImageStore(args.source, imageStoreOptions(args));
   const destination = openImageStore(args.destination, imageStoreOptions(args));
   const progress = new ProgressLine();
@@ -37,6 +43,7 @@ export async function runConvert(args: ConvertArgs): Promise<void> {
       dmVerityBlockSize: args['dm-verity-block-size'],
       platform,
       workDir: args['work-dir'],
+      hotPaths,
       onProgress: (e) =>
         progress.update(`layer ${e.layerIndex + 1}/${e.layerCount} ${shortDigest(e.sourceDigest)}: ${PHASE_TEXT[e.phase]}`),
     });

@@ -2,7 +2,7 @@
 // layer builder), then a seekable blob (src/chunktable encoder); layers already seekable are copied as
 // they are. Writes the new config (diff_ids = sha256 of the raw images) and an OCI manifest.
 import { createReadStream } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodeSeekableBlob, parseSeekableAnnotations, decodeSequential } from '../chunktable/index.js';
@@ -24,6 +24,12 @@ export interface ConvertOptions {
   platform?: Platform;
   /** Scratch space for staging trees, raw images and blobs; defaults to the OS temp dir. */
   workDir?: string;
+  /**
+   * Paths a workload reads first (from `profile paths`, most urgent first): tar layers are then built by
+   * erofs-lazy's own EROFS writer (src/mkfs) with these paths laid out together at the front, instead of
+   * by mkfs.erofs. Each layer takes the paths it holds.
+   */
+  hotPaths?: readonly string[];
   onProgress?: (event: ConvertProgress) => void;
 }
 
@@ -81,7 +87,9 @@ export async function convertImage(source: ImageStore, target: ImageStore, optio
       `${source.displayName}: config lists ${diffIds.length} diff_ids for ${manifest.layers.length} layers`,
     );
   }
-  const work = await mkdtemp(join(options.workDir ?? tmpdir(), 'erofs-lazy-convert-'));
+  const workRoot = options.workDir ?? tmpdir();
+  await mkdir(workRoot, { recursive: true });
+  const work = await mkdtemp(join(workRoot, 'erofs-lazy-convert-'));
   const layers: ConvertedLayer[] = [];
   try {
     for (const [index, layer] of manifest.layers.entries()) {
@@ -143,7 +151,11 @@ async function convertLayer(
   let action: LayerAction;
   progress('fetch-and-build');
   if (LAYER_TAR_MEDIA_TYPES.has(layer.mediaType)) {
-    await layerToErofs(await source.openBlob(layer), layer.mediaType, rawPath, { layerDigest: layer.digest, workDir: `${work}.staging` });
+    await layerToErofs(await source.openBlob(layer), layer.mediaType, rawPath, {
+      layerDigest: layer.digest,
+      workDir: `${work}.staging`,
+      hotPaths: options.hotPaths,
+    });
     action = 'converted-tar';
   } else if (layer.mediaType === MEDIA_TYPE.erofsZstd || layer.mediaType === MEDIA_TYPE.erofs) {
     await decodeSequential(await source.openBlob(layer), rawPath, {

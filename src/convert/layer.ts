@@ -1,6 +1,7 @@
 // One tar layer to one raw EROFS image: decompress (layertar), extract into a staging directory with
-// whiteouts in overlayfs form (extract), then mkfs.erofs with a UUID derived from the layer digest (mkfs).
-// The staging directory is removed afterwards, on failure too.
+// whiteouts in overlayfs form (extract), then mkfs.erofs with a UUID derived from the layer digest (mkfs), or,
+// when hot paths are given, erofs-lazy's own writer (src/mkfs) laying those paths out first. The staging
+// directory is removed afterwards, on failure too.
 import { mkdir, mkdtemp, rm, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -8,7 +9,8 @@ import { extractLayerTar } from './extract.js';
 import type { DirMetadata, ExtractStats } from './extract.js';
 import { openLayerTar } from './layertar.js';
 import type { LayerCompression } from './layertar.js';
-import { buildErofsImage, erofsUuidForLayer, fsckErofsImage } from './mkfs.js';
+import { buildErofsImage, erofsUuidForLayer, fsckErofsImage, newestMtimeSeconds } from './mkfs.js';
+import { writeErofsImage } from '../mkfs/index.js';
 
 export { LayerEntryError, LayerExtractError } from './extract.js';
 export type { DirMetadata, ExtractStats } from './extract.js';
@@ -30,6 +32,8 @@ export interface LayerToErofsOptions {
   implicitDirMetadata?: (relPath: string) => DirMetadata | undefined;
   /** Run fsck.erofs on the result. */
   fsck?: boolean;
+  /** Build with erofs-lazy's writer, these paths (of the layer's tree) first; see ConvertOptions.hotPaths. */
+  hotPaths?: readonly string[];
   /** See OpenLayerOptions.zstdWindowLogMax. */
   zstdWindowLogMax?: number;
 }
@@ -61,7 +65,12 @@ export async function layerToErofs(
       layerDigest: opts.layerDigest,
       implicitDirMetadata: opts.implicitDirMetadata,
     });
-    await buildErofsImage(staging, outPath, { uuid: opts.uuid ?? erofsUuidForLayer(opts.layerDigest) });
+    const uuid = opts.uuid ?? erofsUuidForLayer(opts.layerDigest);
+    if (opts.hotPaths === undefined) {
+      await buildErofsImage(staging, outPath, { uuid });
+    } else {
+      await writeErofsImage(staging, outPath, { uuid, epoch: await newestMtimeSeconds(staging), hotPaths: [...opts.hotPaths] });
+    }
     if (opts.fsck) await fsckErofsImage(outPath);
     return { rawPath: outPath, stats, compression: { declared: opened.declared, detected: opened.detected } };
   } finally {
