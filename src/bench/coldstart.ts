@@ -9,8 +9,9 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { BIG_FILE_IN_IMAGE, bigFileRecipe, debianPythonRecipe, ensureImage, NODE_APP_REQUIRES, nodeAppRecipe } from './images.js';
-import type { BuiltImage, ImageRecipe } from './images.js';
-import { cli, endRun, recordProfile, runMode, skipReason } from './modes.js';
+import type { BenchLayout, BuiltImage, ImageRecipe } from './images.js';
+import { cli, endRun, recordHotPaths, recordProfile, runMode, skipReason } from './modes.js';
+import { parseHotPaths } from '../convert/hotpaths.js';
 import type { BenchEnv, BenchFeatures, ContainerdEnv, RunState, RunTarget } from './modes.js';
 import { startThrottleProxy } from './proxy.js';
 import type { ThrottleProxy } from './proxy.js';
@@ -93,6 +94,11 @@ export interface ColdStartOptions {
   quick: boolean;
   bigFileMiB: number;
   chunkSize?: number;
+  /**
+   * Layout of the seekable images: 'mkfs' (mkfs.erofs's), or 'startup': each scenario with a command workload
+   * is recorded on the mkfs image, and the image converted again with the paths it read laid out first.
+   */
+  layout?: BenchLayout;
   links: LinkProfile[];
   /** Scenario names to run (default: all). */
   scenarios?: string[];
@@ -164,6 +170,8 @@ function imageSummary(img: BuiltImage): ImageSummary {
     seekableBytes: img.seekableBytes,
     rawBytes: img.rawBytes,
     chunkSize: img.chunkSize,
+    layout: img.layout ?? 'mkfs',
+    ...(img.hotPaths === undefined ? {} : { hotPaths: img.hotPaths }),
   };
 }
 
@@ -214,6 +222,19 @@ export async function runColdStartBench(options: ColdStartOptions): Promise<Cold
     for (const s of scenarios) {
       if (!images.has(s.recipe.name)) {
         images.set(s.recipe.name, await ensureImage({ work: options.work, registry, chunkSize: options.chunkSize, log }, s.recipe));
+      }
+    }
+    if (options.layout === 'startup') {
+      for (const s of scenarios) {
+        const image = images.get(s.recipe.name)!;
+        if (s.workload.kind !== 'exec' || image.layout === 'startup') continue;
+        const hotPathsFile = join(options.work, 'images', `${s.recipe.name}-${image.chunkSize === 'default' ? 'cdefault' : `c${image.chunkSize}`}.hot-paths`);
+        if (!existsSync(hotPathsFile)) {
+          log(`${s.name}: recording the paths the workload reads, for a start-up layout`);
+          await recordHotPaths(env, { image, workload: s.workload, link: LOOPBACK_LINK, host: registry }, hotPathsFile);
+        }
+        const hotPaths = parseHotPaths(await readFile(hotPathsFile, 'utf8'), hotPathsFile);
+        images.set(s.recipe.name, await ensureImage({ work: options.work, registry, chunkSize: options.chunkSize, hotPaths, log }, s.recipe));
       }
     }
 
@@ -304,7 +325,7 @@ export async function runColdStartBench(options: ColdStartOptions): Promise<Cold
       machine: describeMachine(options.work),
       loadAverage: { start: loadStart, end: loadAverage() },
       durationSeconds: Math.round((Date.now() - startedAt) / 1000),
-      settings: { runs: options.runs, links: options.links, modes: options.modes, workDir: options.work },
+      settings: { runs: options.runs, links: options.links, modes: options.modes, workDir: options.work, programsWarm: true },
       images: [...images.values()].map(imageSummary),
       scenarios: results,
       notes,

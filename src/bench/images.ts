@@ -54,7 +54,15 @@ export interface BuiltImage {
   /** Uncompressed size of the layer trees (tar input). */
   treeBytes: number;
   chunkSize: number | 'default';
+  /** How the seekable layers were laid out: by mkfs.erofs, or by erofs-lazy's writer with a workload's start-up paths first. */
+  layout?: BenchLayout;
+  /** Start-up layout: how many hot paths the converter was given. */
+  hotPaths?: number;
 }
+
+/** Image layouts the bench can convert to. */
+export const BENCH_LAYOUTS = ['mkfs', 'startup'] as const;
+export type BenchLayout = (typeof BENCH_LAYOUTS)[number];
 
 export interface ImageBuildContext {
   /** Bench work dir (cache root). */
@@ -62,6 +70,8 @@ export interface ImageBuildContext {
   /** host:port of the local registry (direct). */
   registry: string;
   chunkSize?: number;
+  /** Start-up layout: the paths the workload read (from `profile paths`), laid out first by the converter. */
+  hotPaths?: string[];
   log: (line: string) => void;
 }
 
@@ -238,7 +248,8 @@ async function manifestExists(ref: string): Promise<boolean> {
  * registry still has both manifests and the raw images exist.
  */
 export async function ensureImage(ctx: ImageBuildContext, recipe: ImageRecipe): Promise<BuiltImage> {
-  const chunkTag = ctx.chunkSize ? `c${ctx.chunkSize}` : 'cdefault';
+  const layout: BenchLayout = ctx.hotPaths ? 'startup' : 'mkfs';
+  const chunkTag = `${ctx.chunkSize ? `c${ctx.chunkSize}` : 'cdefault'}${layout === 'mkfs' ? '' : `-${layout}`}`;
   const repo = `bench/${recipe.name}`;
   const plainRef = `${repo}:plain-v${IMAGE_RECIPE_VERSION}`;
   const seekableRef = `${repo}:seekable-v${IMAGE_RECIPE_VERSION}-${chunkTag}`;
@@ -265,7 +276,7 @@ export async function ensureImage(ctx: ImageBuildContext, recipe: ImageRecipe): 
     }
     if (!(await manifestExists(`${ctx.registry}/${seekableRef}`))) {
       ctx.log(`${recipe.name}: converting to seekable EROFS`);
-      await convertImage(plain, seekable, { chunkSize: ctx.chunkSize, workDir: scratch });
+      await convertImage(plain, seekable, { chunkSize: ctx.chunkSize, workDir: scratch, hotPaths: ctx.hotPaths });
     }
     const plainLayers = (await plain.resolve()).manifest.layers;
     const seekableLayers = (await seekable.resolve()).manifest.layers;
@@ -294,6 +305,8 @@ export async function ensureImage(ctx: ImageBuildContext, recipe: ImageRecipe): 
       rawBytes,
       treeBytes: await treeBytes(dirs),
       chunkSize: ctx.chunkSize ?? 'default',
+      layout,
+      ...(ctx.hotPaths ? { hotPaths: ctx.hotPaths.length } : {}),
     };
     await mkdir(dirname(recordPath), { recursive: true });
     await writeFile(recordPath, `${JSON.stringify(record, null, 2)}\n`);

@@ -221,14 +221,17 @@ export function renderReport(r: ColdStartResult, stem: string): RenderedReport {
   md.push('Links: ' + r.settings.links.map((l) => `**${l.name}** (${l.viaProxy ? `throttling proxy, ${l.rttMs} ms per request, ${l.mbitPerSecond ?? 'unlimited'} Mbit/s shared` : 'direct to the registry on 127.0.0.1'})`).join('; ') + '.', '');
   md.push(
     'Every run starts cold: page cache dropped, empty cache dirs, nothing of the image on local disk (except `local`, the pre-pulled raw EROFS image, and `lazy-warm`, which reuses the disk cache of the cold run just before it). ' +
+      (r.settings.programsWarm
+        ? 'After the drop, the programs a mode starts (node with erofs-lazy\'s modules, `ctr`) are read back into the page cache, as on a host that runs them regularly: the full pull runs inside the already running bench process, and containerd is a resident daemon. The registry\'s blob files stay cold. '
+        : '') +
       '*ready* is from the cold start until the tree is mounted; *done* adds the workload. Bytes and requests come from the proxy on a proxied link (every request, manifests included), otherwise from the puller (full pull) or `erofs-lazy stats` (lazy modes). *fetched / image* is over the blob sizes of the image variant the mode pulls (tar+gzip for full pull and containerd overlayfs, seekable EROFS otherwise). Peak RSS is the VmHWM of the serving process (erofs-lazy mount or serve). Medians are taken per measure, so a row\'s ready and workload medians need not add up to its done median.',
     '',
   );
   md.push('## Targets (issue 6)', '', '| target | measured (median) | met |', '|---|---|---|');
   for (const c of checkTargets(r)) md.push(`| ${c.target} | ${c.measured} | ${c.met === null ? '–' : c.met ? 'yes' : '**no**'} |`);
-  md.push('', '## Images', '', '| image | layers | tree MB | tar+gzip MB | seekable EROFS MB | raw EROFS MB | chunk size |', '|---|---|---|---|---|---|---|');
+  md.push('', '## Images', '', '| image | layers | tree MB | tar+gzip MB | seekable EROFS MB | raw EROFS MB | chunk size | layout |', '|---|---|---|---|---|---|---|---|');
   for (const img of r.images) {
-    md.push(`| ${img.name}: ${img.description} | ${img.layers} | ${mb(img.treeBytes)} | ${mb(img.plainBytes)} | ${mb(img.seekableBytes)} | ${mb(img.rawBytes)} | ${img.chunkSize} |`);
+    md.push(`| ${img.name}: ${img.description} | ${img.layers} | ${mb(img.treeBytes)} | ${mb(img.plainBytes)} | ${mb(img.seekableBytes)} | ${mb(img.rawBytes)} | ${img.chunkSize} | ${img.layout === 'startup' ? `start-up first (${img.hotPaths ?? '?'} paths)` : 'mkfs.erofs'} |`);
   }
   md.push('', '## Modes', '');
   for (const m of r.settings.modes) md.push(`- \`${m}\`: ${r.scenarios[0]?.modes.find((x) => x.mode === m)?.label ?? m}`);

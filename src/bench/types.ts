@@ -103,6 +103,9 @@ export interface ImageSummary {
   seekableBytes: number;
   rawBytes: number;
   chunkSize: number | 'default';
+  /** 'mkfs' (absent in older results) or 'startup' (the workload's paths first, with how many). */
+  layout?: string;
+  hotPaths?: number;
 }
 
 export interface ColdStartResult {
@@ -115,7 +118,14 @@ export interface ColdStartResult {
   machine: MachineInfo;
   loadAverage: { start: number[]; end: number[] };
   durationSeconds: number;
-  settings: { runs: number; links: LinkProfile[]; modes: ModeName[]; workDir: string };
+  settings: {
+    runs: number;
+    links: LinkProfile[];
+    modes: ModeName[];
+    workDir: string;
+    /** Whether the programs (node, erofs-lazy's modules, ctr) were read back into the page cache after each drop (absent in older results: they were not). */
+    programsWarm?: boolean;
+  };
   images: ImageSummary[];
   scenarios: ScenarioResult[];
   notes: string[];

@@ -19,6 +19,11 @@ export function registerBench(y: Argv): Argv {
         .option('runs', { type: 'number', default: b.DEFAULT_BENCH_RUNS, describe: 'runs per mode (medians are reported)' })
         .option('file-mib', { type: 'number', default: b.DEFAULT_BIG_FILE_MIB, describe: 'size of the large-file image' })
         .option('chunk-size', { type: 'number', describe: 'chunk size used when converting (default: the format default)' })
+        .option('layout', {
+          choices: ['mkfs', 'startup'] as const,
+          default: 'mkfs' as const,
+          describe: "seekable images laid out by mkfs.erofs, or 'startup': each command workload recorded, then the image converted again with the paths it read first (convert --hot-paths)",
+        })
         .option('scenarios', { type: 'string', describe: 'comma-separated scenarios (default: all)' })
         .option('modes', { type: 'string', describe: 'comma-separated modes (default: all)' })
         .option('links', { type: 'string', describe: 'comma-separated links: loopback, emulated (default: both)' })

@@ -11,6 +11,7 @@ export interface BenchArgs {
   runs: number;
   'file-mib': number;
   'chunk-size'?: number;
+  layout: 'mkfs' | 'startup';
   scenarios?: string;
   modes?: string;
   links?: string;
@@ -47,6 +48,7 @@ export async function runBench(args: BenchArgs): Promise<void> {
     quick: args.quick,
     bigFileMiB: args.quick ? QUICK_BIG_FILE_MIB : args['file-mib'],
     chunkSize: args['chunk-size'],
+    layout: args.layout,
     links,
     scenarios: list(args.scenarios) ?? (args.quick ? QUICK_SCENARIOS : undefined),
     modes: parseModes(args.modes),
