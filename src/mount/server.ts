@@ -23,7 +23,7 @@ import type { LayerStats } from '../reader/types.js';
 import { findProfile } from '../prefetch/artifact.js';
 import { BackgroundFetcher } from '../prefetch/background.js';
 import { planPathPrefetch } from '../prefetch/paths.js';
-import { fileSource } from '../erofs/index.js';
+import { EROFS_SUPER_OFFSET, fileSource } from '../erofs/index.js';
 import type { FileSource } from '../erofs/index.js';
 import { chunksOfLayer, parseProfile, profileFromLayers, serializeProfile } from '../prefetch/profile.js';
 import type { PrefetchProfile } from '../prefetch/profile.js';
@@ -81,6 +81,9 @@ export interface MountOptions {
 }
 
 /** What a layer is served by. */
+/** Bytes read ahead of the kernel at the superblock, to bring its chunk in early. */
+const SUPERBLOCK_WARM_BYTES = 128;
+
 interface OpenedLayer {
   descriptor: Descriptor;
   lazy?: LazyLayer;
@@ -175,26 +178,44 @@ export class MountServer {
     });
     let fuse: LayerFilesystem | undefined;
     try {
+      // Everything that waits on the registry starts as early as it can: the manifest while the caches open,
+      // the config and every layer's chunk table at once (the config's diff_ids only matter for layers
+      // fetched whole).
+      const resolving = withTimeout(store.resolve({ platform: options.platform }), options.mountTimeoutMs, `resolving ${options.reference}`);
+      resolving.catch(() => undefined);
       const memory = createMemoryChunkCache(options.memoryCacheBytes);
-      const disk = await openDiskChunkCache({ root: join(options.cacheDir, 'chunks'), maxBytes: options.cacheMaxBytes });
-      const wholeCache = await openWholeLayerCache({ root: options.cacheDir });
+      const [disk, wholeCache] = await Promise.all([
+        openDiskChunkCache({ root: join(options.cacheDir, 'chunks'), maxBytes: options.cacheMaxBytes }),
+        openWholeLayerCache({ root: options.cacheDir }),
+      ]);
       const health = new RegistryHealth();
 
-      const resolved = await withTimeout(store.resolve({ platform: options.platform }), options.mountTimeoutMs, `resolving ${options.reference}`);
+      const resolved = await resolving;
       state.manifestDigest = resolved.descriptor.digest;
-      const config = JSON.parse(
-        (await withTimeout(store.fetchBlob(resolved.manifest.config), options.mountTimeoutMs, 'fetching the image config')).toString('utf8'),
-      ) as ImageConfig;
-      const diffIds = config.rootfs?.diff_ids ?? [];
       if (resolved.manifest.layers.length === 0) throw new Error(`${options.reference} has no layers`);
-
-      const opened: OpenedLayer[] = [];
-      for (const [i, desc] of resolved.manifest.layers.entries()) {
-        opened.push(await openLayer(store, desc, diffIds[i], { memory, disk, wholeCache, health, options, fuseDir: state.fuseMountpoint }));
+      const configFetch = withTimeout(store.fetchBlob(resolved.manifest.config), options.mountTimeoutMs, 'fetching the image config').then(
+        (bytes) => JSON.parse(bytes.toString('utf8')) as ImageConfig,
+      );
+      configFetch.catch(() => undefined);
+      const diffIdOf = async (i: number) => (await configFetch).rootfs?.diff_ids?.[i];
+      const settled = await Promise.allSettled(
+        resolved.manifest.layers.map((desc, i) =>
+          openLayer(store, desc, () => diffIdOf(i), { memory, disk, wholeCache, health, options, fuseDir: state.fuseMountpoint }),
+        ),
+      );
+      const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) {
+        await Promise.all(settled.map((r) => (r.status === 'fulfilled' ? r.value.lazy?.close() : undefined)));
+        throw failed.reason;
       }
+      const opened = settled.map((r) => (r as PromiseFulfilledResult<OpenedLayer>).value);
+      await configFetch;
       state.layers = opened.map((l) => ({ layerDigest: l.descriptor.digest, file: l.file, lazy: l.lazy !== undefined }));
       await writeState(state);
 
+      // The kernel reads every layer's superblock as soon as erofs is mounted on it: fetch that chunk now, so
+      // the fetch overlaps the FUSE, loop and erofs set-up (a failure surfaces on the kernel's own read).
+      for (const l of opened) l.lazy?.read(EROFS_SUPER_OFFSET, SUPERBLOCK_WARM_BYTES).catch(() => undefined);
       // Recording: the FUSE layer reads through block recorders; recordExact turns the kernel's read-ahead
       // off so that the record holds what the filesystem asked for, not its neighbours.
       const record = options.recordPath !== undefined;
@@ -416,7 +437,7 @@ export class MountServer {
 async function openLayer(
   store: ImageStore,
   desc: Descriptor,
-  diffId: string | undefined,
+  diffId: () => Promise<string | undefined>,
   ctx: {
     memory: MemoryChunkCache;
     disk: DiskChunkCache;
@@ -454,7 +475,7 @@ async function openLayer(
   } else {
     reason = verdict ? verdict.reason : `media type ${desc.mediaType} is not seekable EROFS`;
   }
-  const whole = await fetchWholeLayer(store, desc, diffId, ctx.wholeCache);
+  const whole = await fetchWholeLayer(store, desc, await diffId(), ctx.wholeCache);
   options.log(`layer ${desc.digest} is not lazy: ${reason}; ${whole.fetched ? 'fetched whole' : 'found whole in the cache'}`);
   const { size } = await stat(whole.path);
   return {
