@@ -2,13 +2,55 @@
 // process whose output goes to a log file, and returns once that process reports the mount ready (or the
 // error that stopped it) through an extra pipe. Extra environment entries can hand the child what the parent
 // already worked out (`mount` passes its parsed options, so that its serving process need not parse them).
+//
+// Early start: the serving process spends most of its start-up loading modules, the parent most of its own
+// parsing the command line; `startEarly` (called by entry.ts before parsing) starts the child at once, and
+// `startInBackground` then hands it the options and the log path through a second pipe instead of spawning.
+// A child whose parent never hands it anything (usage error, --help) is killed, or exits when the pipe closes.
 import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import type { Writable } from 'node:stream';
 import { createWriteStream, openSync, closeSync, readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
 /** File descriptor number of the readiness pipe in the child. */
 export const READY_FD = 3;
+/** File descriptor number of the pipe an early-started child reads its handover from. */
+export const EARLY_HANDOVER_FD = 4;
+/** Environment variable marking an early-started child (its handover comes on EARLY_HANDOVER_FD). */
+export const EARLY_START_ENV = 'EROFS_LAZY_EARLY_START';
+
+/** What an early-started child receives once the parent has parsed its command line. */
+export interface EarlyHandover {
+  /** Environment entries the child would have been started with (the prepared options). */
+  env: Record<string, string>;
+  /** Where the child's output goes. */
+  logPath: string;
+}
+
+let early: { child: ChildProcess; args: string[] } | undefined;
+
+/** Starts the serving process for `args` before they are parsed (see the header); startInBackground uses it. */
+export function startEarly(cliPath: string, args: string[]): void {
+  const child = spawn(process.execPath, [cliPath, ...args, '--foreground', '--ready-fd', String(READY_FD)], {
+    detached: true,
+    stdio: ['ignore', 'ignore', 'ignore', 'pipe', 'pipe'],
+    env: { ...process.env, [EARLY_START_ENV]: '1' },
+  });
+  child.on('error', () => undefined);
+  early = { child, args };
+}
+
+/** Kills an early-started child that was not handed a mount (the command did not get that far). */
+export function cancelEarly(): void {
+  if (!early) return;
+  const { child } = early;
+  early = undefined;
+  if (child.exitCode === null) child.kill('SIGKILL');
+  for (const stream of child.stdio) stream?.destroy();
+  child.unref();
+}
 const LOG_TAIL_LINES = 3;
 
 export interface ReadyMessage {
@@ -42,13 +84,26 @@ export interface BackgroundOptions {
 /** Starts `node CLI args... --foreground --ready-fd 3` detached and waits for its readiness message. */
 export async function startInBackground(cliPath: string, args: string[], logPath: string, options: BackgroundOptions = {}): Promise<number> {
   await mkdir(dirname(logPath), { recursive: true });
-  const logFd = openSync(logPath, 'a');
-  const child = spawn(process.execPath, [cliPath, ...args, '--foreground', '--ready-fd', String(READY_FD)], {
-    detached: true,
-    stdio: ['ignore', logFd, logFd, 'pipe'],
-    env: options.env ? { ...process.env, ...options.env } : process.env,
-  });
-  closeSync(logFd);
+  let child: ChildProcess;
+  const started = early;
+  early = undefined;
+  if (started && started.child.exitCode === null && started.args.length === args.length && started.args.every((a, i) => a === args[i])) {
+    child = started.child;
+    const handover: EarlyHandover = { env: options.env ?? {}, logPath };
+    (child.stdio[EARLY_HANDOVER_FD] as Writable).end(JSON.stringify(handover));
+  } else {
+    if (started) {
+      early = started;
+      cancelEarly();
+    }
+    const logFd = openSync(logPath, 'a');
+    child = spawn(process.execPath, [cliPath, ...args, '--foreground', '--ready-fd', String(READY_FD)], {
+      detached: true,
+      stdio: ['ignore', logFd, logFd, 'pipe'],
+      env: options.env ? { ...process.env, ...options.env } : process.env,
+    });
+    closeSync(logFd);
+  }
   const pipe = child.stdio[READY_FD]!;
   let text = '';
   const message = await new Promise<ReadyMessage | undefined>((resolve) => {
@@ -68,6 +123,7 @@ export async function startInBackground(cliPath: string, args: string[], logPath
     child.on('exit', () => setTimeout(() => resolve(undefined), 100));
   });
   pipe.destroy();
+  child.stdio[EARLY_HANDOVER_FD]?.destroy();
   if (message?.ready) {
     child.unref();
     return child.pid!;

@@ -4,7 +4,9 @@
 // as before (`... mount REF MNT ... --foreground --ready-fd 3`), with the same log and readiness protocol.
 // A real mount of the sample image (converted, in an OCI layout), and a failing one whose error comes back
 // from the serving process. Modules are traced as in test/unit/cli-startup.test.ts (a loader hook passed
-// through NODE_OPTIONS, which the serving process inherits).
+// through NODE_OPTIONS, which the serving process inherits). The serving process is started before the
+// command parses its arguments (early start) and gets the options through a pipe; a command that stops at
+// its arguments (usage error, --help) leaves no such process behind.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
@@ -135,6 +137,27 @@ describe('erofs-lazy mount start-up', () => {
     assert.equal(others.length, 1, 'one serving process was started');
     assert.ok(loaded(run.loads.get(others[0]!), MOUNT_SERVER), 'the error came from the serving process');
     assert.ok(!loaded(run.loads.get(others[0]!), YARGS));
+    await assertNothingLeft([d.base]);
+  });
+
+  test('a mount that stops at its arguments (usage error, --help) leaves no early-started process', async (t) => {
+    const d = await mountDir(t);
+    const marker = `oci:${join(d.base, 'marker-layout')}`;
+    const usage = await tracedCli(d.base, ['mount', marker, d.mountpoint, '--state-dir', d.stateDir, '--no-such-option']);
+    assert.equal(usage.code, 2, usage.stderr);
+    assert.match(usage.stderr, /^erofs-lazy: Unknown arguments?: [^\n]*such-option[^\n]*\n$/);
+    const help = await runCli(['mount', marker, d.mountpoint, '--help']);
+    assert.equal(help.code, 0, help.stderr);
+    assert.match(help.stdout, /--record-exact/);
+    // The early-started child is killed when the command stops; give the kernel a moment to reap it.
+    const until = Date.now() + 5000;
+    for (;;) {
+      const { stdout } = await new Promise<{ stdout: string }>((res, rej) => execFile('ps', ['-eo', 'pid,stat,args'], (err, stdout) => (err ? rej(err) : res({ stdout }))));
+      const left = stdout.split('\n').filter((l) => l.includes(marker) && !/^\s*\d+\s+Z/.test(l));
+      if (left.length === 0) break;
+      if (Date.now() > until) assert.fail(`processes left: ${left.join(' | ')}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
     await assertNothingLeft([d.base]);
   });
 });
