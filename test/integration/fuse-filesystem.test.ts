@@ -157,7 +157,15 @@ test('lists the layer files and reports fixed read-only attributes', { skip }, a
   const mountLine = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').find((l) => l.split(' ')[4] === mnt);
   assert.match(mountLine ?? '', / - fuse\.erofs-lazy erofs-lazy ro,/, 'type fuse.erofs-lazy, mounted read-only');
   const device = mountLine?.split(' ')[2];
-  assert.equal((await readFile(`/sys/class/bdi/${device}/read_ahead_kb`, 'utf8')).trim(), '4096', 'read-ahead raised');
+  assert.equal((await readFile(`/sys/class/bdi/${device}/read_ahead_kb`, 'utf8')).trim(), '512', 'read-ahead set to the default window');
+});
+
+test('noReadAhead turns the kernel read-ahead of the mount off (what mount --record-exact asks for)', { skip }, async (t) => {
+  const { mnt } = await mountLayers(t, [memorySource('big.erofs', BIG)], { noReadAhead: true });
+  const mountLine = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').find((l) => l.split(' ')[4] === mnt);
+  const device = mountLine?.split(' ')[2];
+  assert.equal((await readFile(`/sys/class/bdi/${device}/read_ahead_kb`, 'utf8')).trim(), '0');
+  assert.ok((await readFile(join(mnt, 'big.erofs'))).equals(BIG), 'reads still work');
 });
 
 test('file pages stay in the kernel cache across opens (kernel_cache), and are dropped on open without it', { skip }, async (t) => {
