@@ -60,6 +60,9 @@ export interface BuiltImage {
   hotPaths?: number;
 }
 
+/** Bumped when the start-up conversion changes (images cached under the old tag are rebuilt): 2 = landmark annotation. */
+const STARTUP_LAYOUT_VERSION = 2;
+
 /** Image layouts the bench can convert to. */
 export const BENCH_LAYOUTS = ['mkfs', 'startup'] as const;
 export type BenchLayout = (typeof BENCH_LAYOUTS)[number];
@@ -249,7 +252,7 @@ async function manifestExists(ref: string): Promise<boolean> {
  */
 export async function ensureImage(ctx: ImageBuildContext, recipe: ImageRecipe): Promise<BuiltImage> {
   const layout: BenchLayout = ctx.hotPaths ? 'startup' : 'mkfs';
-  const chunkTag = `${ctx.chunkSize ? `c${ctx.chunkSize}` : 'cdefault'}${layout === 'mkfs' ? '' : `-${layout}`}`;
+  const chunkTag = `${ctx.chunkSize ? `c${ctx.chunkSize}` : 'cdefault'}${layout === 'mkfs' ? '' : `-${layout}${STARTUP_LAYOUT_VERSION}`}`;
   const repo = `bench/${recipe.name}`;
   const plainRef = `${repo}:plain-v${IMAGE_RECIPE_VERSION}`;
   const seekableRef = `${repo}:seekable-v${IMAGE_RECIPE_VERSION}-${chunkTag}`;

@@ -431,11 +431,13 @@ export async function runMode(env: BenchEnv, mode: ModeName, t: RunTarget, state
     case 'lazy-cold': {
       const cacheDir = join(env.scratch, `cache-${Date.now()}`);
       state.lazyCacheDir = cacheDir;
-      return lazyMount(env, t, cacheDir, env.features.prefetch ? ['--prefetch', 'none'] : []);
+      // A plain `mount`: default options, so --prefetch auto (an image with a start-up layout prefetches its
+      // start-up region; the bench stores no profile with its images).
+      return lazyMount(env, t, cacheDir, []);
     }
     case 'lazy-warm': {
       if (!state.lazyCacheDir) throw new Error('lazy-warm needs the cache of a lazy-cold run first');
-      return lazyMount(env, t, state.lazyCacheDir, env.features.prefetch ? ['--prefetch', 'none'] : []);
+      return lazyMount(env, t, state.lazyCacheDir, []);
     }
     case 'lazy-prefetch': {
       const cacheDir = join(env.scratch, `cache-prefetch-${Date.now()}`);

@@ -11,6 +11,7 @@ import { MEDIA_TYPE } from '../oci/types.js';
 import type { Descriptor, ImageConfig, ImageManifest, Platform } from '../oci/types.js';
 import type { ImageStore } from '../oci/store.js';
 import { sha256Digest } from '../util/digest.js';
+import { STARTUP_BYTES_ANNOTATION } from '../prefetch/startup.js';
 import { layerToErofs } from './layer.js';
 import { LAYER_TAR_MEDIA_TYPES } from './layertar.js';
 
@@ -121,11 +122,13 @@ export async function convertImage(source: ImageStore, target: ImageStore, optio
   }
 }
 
-/** The new manifest's descriptor for a layer: seekable annotations replace stale ones, others are kept. */
+/** The new manifest's descriptor for a layer: seekable (and start-up layout) annotations replace stale ones, others are kept. */
 function layerDescriptor(original: Descriptor, converted: ConvertedLayer & { annotations?: Record<string, string> }): Descriptor {
   if (converted.action === 'kept') return original;
   const annotations = { ...(original.annotations ?? {}) };
-  for (const key of Object.keys(annotations)) if (key.startsWith('dev.containerd.erofs.')) delete annotations[key];
+  for (const key of Object.keys(annotations)) {
+    if (key.startsWith('dev.containerd.erofs.') || key === STARTUP_BYTES_ANNOTATION) delete annotations[key];
+  }
   Object.assign(annotations, converted.annotations ?? {});
   return { mediaType: converted.mediaType, digest: converted.digest, size: converted.size, annotations };
 }
@@ -149,13 +152,14 @@ async function convertLayer(
   const rawPath = `${work}.erofs`;
   const blobPath = `${work}.blob`;
   let action: LayerAction;
+  let startupBytes: number | undefined;
   progress('fetch-and-build');
   if (LAYER_TAR_MEDIA_TYPES.has(layer.mediaType)) {
-    await layerToErofs(await source.openBlob(layer), layer.mediaType, rawPath, {
+    ({ startupBytes } = await layerToErofs(await source.openBlob(layer), layer.mediaType, rawPath, {
       layerDigest: layer.digest,
       workDir: `${work}.staging`,
       hotPaths: options.hotPaths,
-    });
+    }));
     action = 'converted-tar';
   } else if (layer.mediaType === MEDIA_TYPE.erofsZstd || layer.mediaType === MEDIA_TYPE.erofs) {
     await decodeSequential(await source.openBlob(layer), rawPath, {
@@ -192,6 +196,6 @@ async function convertLayer(
     diffId: encoded.diffId,
     uncompressedSize: encoded.uncompressedSize,
     chunkCount: encoded.chunkCount,
-    annotations: encoded.annotations,
+    annotations: startupBytes ? { ...encoded.annotations, [STARTUP_BYTES_ANNOTATION]: String(startupBytes) } : encoded.annotations,
   };
 }

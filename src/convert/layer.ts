@@ -43,6 +43,8 @@ export interface LayerToErofsResult {
   stats: ExtractStats;
   /** What the media type declared and what the bytes were. */
   compression: { declared: LayerCompression; detected: LayerCompression };
+  /** Built with hot paths: raw-image bytes from the start that hold them (0 when none of them is in the layer). */
+  startupBytes?: number;
 }
 
 export async function layerToErofs(
@@ -66,13 +68,15 @@ export async function layerToErofs(
       implicitDirMetadata: opts.implicitDirMetadata,
     });
     const uuid = opts.uuid ?? erofsUuidForLayer(opts.layerDigest);
+    let startupBytes: number | undefined;
     if (opts.hotPaths === undefined) {
       await buildErofsImage(staging, outPath, { uuid });
     } else {
-      await writeErofsImage(staging, outPath, { uuid, epoch: await newestMtimeSeconds(staging), hotPaths: [...opts.hotPaths] });
+      const written = await writeErofsImage(staging, outPath, { uuid, epoch: await newestMtimeSeconds(staging), hotPaths: [...opts.hotPaths] });
+      startupBytes = written.hotBytes;
     }
     if (opts.fsck) await fsckErofsImage(outPath);
-    return { rawPath: outPath, stats, compression: { declared: opened.declared, detected: opened.detected } };
+    return { rawPath: outPath, stats, compression: { declared: opened.declared, detected: opened.detected }, startupBytes };
   } finally {
     if (!opened.tar.destroyed) opened.tar.destroy();
     await rm(staging, { recursive: true, force: true });

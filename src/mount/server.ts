@@ -26,8 +26,8 @@ import { planPathPrefetch } from '../prefetch/paths.js';
 import { EROFS_SUPER_OFFSET, fileSource } from '../erofs/index.js';
 import type { FileSource } from '../erofs/index.js';
 import { chunksOfLayer, parseProfile, profileFromLayers, serializeProfile } from '../prefetch/profile.js';
-import type { PrefetchProfile } from '../prefetch/profile.js';
 import { RecordingSource } from '../prefetch/recorder.js';
+import { STARTUP_BYTES_ANNOTATION, startupChunks } from '../prefetch/startup.js';
 import { serveStats, summarize } from './stats.js';
 import type { MountStats, PrefetchStatus } from './stats.js';
 import { mountDirFor, processAlive, readState, STATE_FILE_NAME, writeState } from './state.js';
@@ -285,27 +285,36 @@ export class MountServer {
   }
 
   /**
-   * Prefetches the chunks of a recorded profile in the background (reads keep priority: prefetch requests
-   * only take free request slots). Failures are logged and shown in stats; they never fail the mount.
+   * Prefetches in the background (reads keep priority: prefetch requests only take free request slots):
+   * 'auto' takes the start-up region of layers laid out by `convert --hot-paths` (their landmark annotation,
+   * no registry lookup), else the profile stored with the image; a file names a recorded profile. Failures
+   * are logged and shown in stats; they never fail the mount.
    */
   private startPrefetch(source: 'auto' | { file: string }, image: Descriptor): void {
     const started = Date.now();
     const lazyLayers = this.layers.flatMap((l) => (l.lazy ? [l.lazy] : []));
     const run = async (): Promise<void> => {
-      let profile: PrefetchProfile | undefined;
+      let plan: Array<{ layer: LazyLayer; chunks: number[] }>;
       let origin: string;
-      if (source === 'auto') {
-        profile = await withTimeout(findProfile(this.store, image), this.options.mountTimeoutMs, 'looking for a prefetch profile');
+      const startup = lazyLayers
+        .map((layer) => ({ layer, chunks: startupChunks(layer.descriptor, layer.size, layer.table.chunkSize) }))
+        .filter((p) => p.chunks.length > 0);
+      if (source === 'auto' && startup.length > 0) {
+        plan = startup;
+        origin = `start-up layout (${STARTUP_BYTES_ANNOTATION})`;
+      } else if (source === 'auto') {
+        const profile = await withTimeout(findProfile(this.store, image), this.options.mountTimeoutMs, 'looking for a prefetch profile');
         origin = `registry referrer of ${image.digest}`;
         if (!profile) {
           this.options.log(`prefetch: no profile stored with ${image.digest}`);
           return;
         }
+        plan = lazyLayers.map((layer) => ({ layer, chunks: chunksOfLayer(profile, layer.layerDigest) }));
       } else {
         origin = source.file;
-        profile = parseProfile(await readFile(source.file), source.file);
+        const profile = parseProfile(await readFile(source.file), source.file);
+        plan = lazyLayers.map((layer) => ({ layer, chunks: chunksOfLayer(profile, layer.layerDigest) }));
       }
-      const plan = lazyLayers.map((layer) => ({ layer, chunks: chunksOfLayer(profile, layer.layerDigest) }));
       const status: PrefetchStatus = { source: origin, chunks: plan.reduce((n, p) => n + p.chunks.length, 0), state: 'running' };
       this.prefetchStatus = status;
       this.options.log(`prefetch: ${status.chunks} chunks from ${origin}`);

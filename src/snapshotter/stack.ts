@@ -17,6 +17,7 @@ import type { Platform } from '../oci/types.js';
 import { multiRangeFetcherFromStore, openLazyLayer, rangeFetcherFromStore, RegistryHealth } from '../reader/index.js';
 import { findProfile } from '../prefetch/artifact.js';
 import { chunksOfLayer } from '../prefetch/profile.js';
+import { startupChunks } from '../prefetch/startup.js';
 import { planPathPrefetch } from '../prefetch/paths.js';
 import type { LayerFileSource, LazyLayer } from '../reader/index.js';
 import { errorMessage } from './errors.js';
@@ -217,20 +218,26 @@ export class InProcessLayers {
   }
 
   /**
-   * Prefetches the layer's chunks named by the prefetch profile stored with the image, in the background
-   * (reads keep priority); a missing or broken profile is logged, never an error.
+   * Prefetches in the background (reads keep priority) the layer's start-up region when `convert --hot-paths`
+   * laid it out (its landmark annotation), else the chunks named by the prefetch profile stored with the
+   * image; a missing or broken profile is logged, never an error.
    */
   #prefetch(stack: Stack, ref: RemoteLayerRef): void {
     const lazy = stack.lazy;
-    if (!lazy || !ref.manifestDigest) return;
+    if (!lazy) return;
     const started = Date.now();
-    const image = { mediaType: '', digest: ref.manifestDigest, size: 0 };
     (async () => {
-      const profile = await withTimeout(findProfile(stack.store, image), this.config.mountTimeoutMs, 'looking for a prefetch profile');
-      const chunks = profile ? chunksOfLayer(profile, stack.digest) : [];
+      let chunks = startupChunks(lazy.descriptor, lazy.size, lazy.table.chunkSize);
+      let origin = 'start-up region';
+      if (chunks.length === 0 && ref.manifestDigest) {
+        const image = { mediaType: '', digest: ref.manifestDigest, size: 0 };
+        const profile = await withTimeout(findProfile(stack.store, image), this.config.mountTimeoutMs, 'looking for a prefetch profile');
+        chunks = profile ? chunksOfLayer(profile, stack.digest) : [];
+        origin = "image's profile";
+      }
       if (chunks.length === 0) return;
       await lazy.prefetch(chunks);
-      this.#log(`layer ${stack.digest}: prefetched ${chunks.length} chunks of the image's profile in ${Date.now() - started} ms`);
+      this.#log(`layer ${stack.digest}: prefetched ${chunks.length} chunks of the ${origin} in ${Date.now() - started} ms`);
     })().catch((err: unknown) => this.#log(`layer ${stack.digest}: prefetch failed: ${errorMessage(err)}`));
   }
 

@@ -2,7 +2,7 @@
 // maps them back to the files (and only those files: neighbours sharing a metadata block do not count),
 // `convert --hot-paths` lays those files out together at the front with erofs-lazy's own EROFS writer, and a
 // cold mount of that image serves the same workload from fewer chunks than the mkfs.erofs layout, with the
-// same bytes.
+// same bytes; the layer's start-up landmark makes a default mount prefetch that region by itself.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { openImageStore } from '../../src/fetch/index.js';
 import { parseProfile } from '../../src/prefetch/profile.js';
+import { STARTUP_BYTES_ANNOTATION } from '../../src/prefetch/startup.js';
 import { buildImageFromDirs, pseudoRandomBytes } from '../../src/sample/build.js';
 import { runCli } from '../helpers/cli.js';
 import { mountImage, type MountHandle } from '../helpers/mountcli.js';
@@ -110,6 +111,28 @@ describe('start-up layout: record, profile paths, convert --hot-paths', () => {
     };
     const mkfsChunks = await chunksFor(mkfsRef);
     const startupChunks = await chunksFor(startupRef);
+
+    // The converted layer carries its start-up landmark; a default mount (--prefetch auto) fetches that
+    // region by itself, so the workload then asks the registry for (almost) nothing.
+    const inspected = await runCli(['inspect', startupRef, '--json']);
+    assert.equal(inspected.code, 0, inspected.stderr);
+    const layerDesc = (JSON.parse(inspected.stdout) as { layers: Array<{ annotations: Record<string, string> }> }).layers[0]!;
+    const landmark = Number(layerDesc.annotations[STARTUP_BYTES_ANNOTATION]);
+    assert.ok(landmark >= 3 * FILE_BYTES && landmark < 3 * FILE_BYTES + CHUNK_BYTES, `start-up region of ${landmark} bytes`);
+    const auto = await mountImage(t, startupRef);
+    const until = Date.now() + 20_000;
+    let s = await auto.stats();
+    while (s.prefetch?.state !== 'done' && Date.now() < until) {
+      await new Promise((r) => setTimeout(r, 50));
+      s = await auto.stats();
+    }
+    assert.equal(s.prefetch?.state, 'done', JSON.stringify(s.prefetch));
+    assert.match(s.prefetch?.source ?? '', /start-up layout/);
+    assert.equal(s.prefetch?.chunks, Math.ceil(landmark / CHUNK_BYTES));
+    await runWorkload(auto);
+    const after = await auto.stats();
+    assert.ok(after.total.requests - s.total.requests <= 2, `the workload made ${after.total.requests - s.total.requests} requests of its own`);
+    await auto.umount();
     // Together at the front, the three files fill 2 chunks after the metadata's; the kernel's read-ahead may
     // run on past them. Spread over the image by mkfs.erofs, each file brings its own chunks and read-ahead.
     const bound = 1 + Math.ceil((3 * FILE_BYTES + KERNEL_READ_AHEAD_BYTES) / CHUNK_BYTES);
