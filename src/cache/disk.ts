@@ -19,7 +19,9 @@
 //   64 32  SHA-256 of the data
 //
 // `get` checks every header field against the key and the caller's expected length, and the data against its
-// SHA-256, before returning anything. A file that fails (torn, truncated, altered, or moved to another index or
+// SHA-256 (hashed by the caller's hasher, e.g. a worker thread that takes the file's memory and hands it back,
+// else on libuv's thread pool), before returning anything. `put` takes the data's SHA-256 from the caller when
+// it has one (the decode worker hashes each chunk it produces), else hashes it on the thread pool. A file that fails (torn, truncated, altered, or moved to another index or
 // layer) is counted in `corruptEntries`, removed, and reported as a miss. Files are never modified in place:
 // `put` writes a uniquely named temp file in the same directory and renames it over the final name, so readers
 // and concurrent writers (other processes too) only ever see whole files. There is no fsync: after a crash a
@@ -33,10 +35,11 @@
 import { createHash, randomBytes, webcrypto } from 'node:crypto';
 import type { Stats } from 'node:fs';
 import { lstat, mkdir, open, opendir, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseDigest } from '../util/digest.js';
 import { CacheError, errnoCode, isMissing, unlinkIfSame } from './errors.js';
-import type { ChunkKey, DiskChunkCache } from './types.js';
+import type { ChunkHasher, ChunkKey, DiskChunkCache, DiskGetOptions, DiskPutOptions } from './types.js';
 
 /** Default cache directory of erofs-lazy; chunks live in `<cacheDir>/chunks`, whole layers in `<cacheDir>/layers`. */
 export const DEFAULT_CACHE_DIR = '/var/lib/erofs-lazy';
@@ -136,20 +139,41 @@ async function sha256OffThread(data: Uint8Array): Promise<Buffer> {
   return Buffer.from(await webcrypto.subtle.digest('SHA-256', data));
 }
 
-async function encodeHeader(key: ResolvedKey, data: Buffer): Promise<Buffer> {
+/** The default ChunkHasher: WebCrypto on libuv's thread pool (which copies the bytes first). */
+const threadPoolHasher: ChunkHasher = async (bytes, from) => ({ bytes, sha256: await sha256OffThread(bytes.subarray(from)) });
+
+async function encodeHeader(key: ResolvedKey, data: Buffer, dataSha256: Uint8Array | undefined): Promise<Buffer> {
   const header = Buffer.alloc(CHUNK_HEADER_BYTES);
   CHUNK_FILE_MAGIC.copy(header, HEADER_OFFSET_MAGIC);
   header.writeUInt32LE(CHUNK_FILE_VERSION, HEADER_OFFSET_VERSION);
   header.writeUInt32LE(CHUNK_HEADER_BYTES, HEADER_OFFSET_HEADER_LENGTH);
   header.writeBigUInt64LE(BigInt(key.index), HEADER_OFFSET_INDEX);
   header.writeBigUInt64LE(BigInt(data.length), HEADER_OFFSET_DATA_LENGTH);
-  sha256(key.layerDigest).copy(header, HEADER_OFFSET_LAYER_HASH);
-  (await sha256OffThread(data)).copy(header, HEADER_OFFSET_DATA_HASH);
+  layerHashOf(key.layerDigest).copy(header, HEADER_OFFSET_LAYER_HASH);
+  const digest = dataSha256 !== undefined && dataSha256.length === SHA256_BYTES ? dataSha256 : await sha256OffThread(data);
+  header.set(digest, HEADER_OFFSET_DATA_HASH);
   return header;
 }
 
-/** Why a chunk file's bytes are not a valid entry for `key` with `expectedLength` data bytes; undefined when valid. */
-async function checkEntry(file: Buffer, key: ResolvedKey, expectedLength: number): Promise<string | undefined> {
+/**
+ * Why a chunk file's bytes are not a valid entry for `key` with `expectedLength` data bytes (undefined when
+ * valid), with the file's bytes to use from then on: `hasher` may have taken the memory of `file`.
+ */
+async function checkEntry(file: Buffer, key: ResolvedKey, expectedLength: number, hasher: ChunkHasher): Promise<{ file: Buffer; reason: string | undefined }> {
+  const reason = checkHeader(file, key, expectedLength);
+  if (reason !== undefined) return { file, reason };
+  const length = file.length;
+  // From here on `file` may be detached (its memory taken by the hasher): only `checked` is used.
+  const hashed = await hasher(file, CHUNK_HEADER_BYTES);
+  const checked = hashed.bytes;
+  if (checked.length !== length) return { file: checked, reason: `hasher handed back ${checked.length} of ${length} bytes` };
+  const dataHash = checked.subarray(HEADER_OFFSET_DATA_HASH, HEADER_OFFSET_DATA_HASH + SHA256_BYTES);
+  if (hashed.sha256.length !== SHA256_BYTES || !dataHash.equals(hashed.sha256)) return { file: checked, reason: 'data does not match its SHA-256' };
+  return { file: checked, reason: undefined };
+}
+
+/** Why a chunk file's header is not the one of an entry for `key` with `expectedLength` data bytes; undefined when it is. */
+function checkHeader(file: Buffer, key: ResolvedKey, expectedLength: number): string | undefined {
   if (file.length !== CHUNK_HEADER_BYTES + expectedLength) {
     return `file is ${file.length} bytes, expected ${CHUNK_HEADER_BYTES + expectedLength}`;
   }
@@ -165,12 +189,50 @@ async function checkEntry(file: Buffer, key: ResolvedKey, expectedLength: number
   const length = file.readBigUInt64LE(HEADER_OFFSET_DATA_LENGTH);
   if (length !== BigInt(expectedLength)) return `header data length ${length}, expected ${expectedLength}`;
   const layerHash = file.subarray(HEADER_OFFSET_LAYER_HASH, HEADER_OFFSET_LAYER_HASH + SHA256_BYTES);
-  if (!layerHash.equals(sha256(key.layerDigest))) return 'header names another layer';
-  const dataHash = file.subarray(HEADER_OFFSET_DATA_HASH, HEADER_OFFSET_DATA_HASH + SHA256_BYTES);
-  if (!dataHash.equals(await sha256OffThread(file.subarray(CHUNK_HEADER_BYTES)))) return 'data does not match its SHA-256';
+  if (!layerHash.equals(layerHashOf(key.layerDigest))) return 'header names another layer';
   return undefined;
 }
 
+/** Layer digest → SHA-256 of it, for the few layers a process serves (one hash per layer, not per chunk). */
+const layerHashes = new Map<string, Buffer>();
+/** Entries kept in layerHashes before it is cleared (a bound, not a working-set size). */
+const LAYER_HASH_MEMO_ENTRIES = 1024;
+
+function layerHashOf(layerDigest: string): Buffer {
+  let hash = layerHashes.get(layerDigest);
+  if (hash === undefined) {
+    if (layerHashes.size >= LAYER_HASH_MEMO_ENTRIES) layerHashes.clear();
+    hash = sha256(layerDigest);
+    layerHashes.set(layerDigest, hash);
+  }
+  return hash;
+}
+
+
+/**
+ * Writes the buffers one after the other from the file's start: one writev call (writeFile would cut a 4 MiB
+ * chunk into 512 KiB writes, each a round trip through the thread pool), repeated for what a short write left.
+ */
+async function writeAll(handle: FileHandle, buffers: Buffer[]): Promise<void> {
+  let pending = buffers.filter((b) => b.length > 0);
+  let position = 0;
+  while (pending.length > 0) {
+    const { bytesWritten } = await handle.writev(pending, position);
+    if (bytesWritten <= 0) throw new Error(`short write: ${bytesWritten} bytes written at ${position}`);
+    position += bytesWritten;
+    let skip = bytesWritten;
+    const rest: Buffer[] = [];
+    for (const b of pending) {
+      if (skip >= b.length) {
+        skip -= b.length;
+      } else {
+        rest.push(skip > 0 ? b.subarray(skip) : b);
+        skip = 0;
+      }
+    }
+    pending = rest;
+  }
+}
 
 export class FileChunkCache implements DiskChunkCache {
   readonly root: string;
@@ -186,6 +248,8 @@ export class FileChunkCache implements DiskChunkCache {
   #corruptEntries = 0;
   #evictions = 0;
   readonly #inflightPuts = new Map<string, Promise<void>>();
+  /** Layer directories this instance created or found (skips a mkdir per put); forgotten on ENOENT and removeLayer. */
+  readonly #knownDirs = new Set<string>();
   /** While a scan runs: what was removed meanwhile, so the scan's stale findings are not merged back. */
   #scanTombstones: { ids: Set<string>; layerIds: Set<string> } | undefined;
   #scan: Promise<void> = Promise.resolve();
@@ -241,7 +305,11 @@ export class FileChunkCache implements DiskChunkCache {
     }
   }
 
-  async get(key: ChunkKey, expectedLength: number): Promise<Buffer | undefined> {
+  /**
+   * The verified chunk, or undefined when absent or damaged (then removed). `options.hasher` computes the
+   * data's SHA-256 (e.g. on a worker thread, taking the file's memory and handing it back).
+   */
+  async get(key: ChunkKey, expectedLength: number, options: DiskGetOptions = {}): Promise<Buffer | undefined> {
     const k = this.#resolve(key);
     if (!Number.isSafeInteger(expectedLength) || expectedLength < 0) {
       throw new CacheError(`invalid expected chunk length ${expectedLength}`, { layerDigest: k.layerDigest, index: k.index });
@@ -266,10 +334,15 @@ export class FileChunkCache implements DiskChunkCache {
         // Checked before reading, so a wrong or damaged size never makes us read a large file.
         reason = `file is ${st.size} bytes, expected ${CHUNK_HEADER_BYTES + expectedLength}`;
       } else {
-        // One read of the known size (FileHandle.readFile reads in small pieces, several times slower).
-        file = Buffer.allocUnsafe(st.size);
+        // One read of the known size (FileHandle.readFile reads in small pieces, several times slower), into
+        // memory of its own, so that a hasher on another thread can take it without a copy.
+        file = Buffer.allocUnsafeSlow(st.size);
         const { bytesRead } = await handle.read(file, 0, st.size, 0);
-        reason = bytesRead === st.size ? await checkEntry(file, k, expectedLength) : `read ${bytesRead} of ${st.size} bytes`;
+        if (bytesRead !== st.size) {
+          reason = `read ${bytesRead} of ${st.size} bytes`;
+        } else {
+          ({ file, reason } = await checkEntry(file, k, expectedLength, options.hasher ?? threadPoolHasher));
+        }
       }
       if (reason !== undefined || file === undefined) {
         await this.#discard(k, st, reason ?? 'unreadable');
@@ -296,12 +369,12 @@ export class FileChunkCache implements DiskChunkCache {
    * A chunk whose file would exceed maxBytes on its own is not stored. Concurrent puts of one key in this
    * process share one write. Rejects with CacheError on I/O failure (the read path may ignore that).
    */
-  async put(key: ChunkKey, data: Buffer): Promise<void> {
+  async put(key: ChunkKey, data: Buffer, options: DiskPutOptions = {}): Promise<void> {
     const k = this.#resolve(key);
     if (CHUNK_HEADER_BYTES + data.length > this.maxBytes) return;
     const inflight = this.#inflightPuts.get(k.id);
     if (inflight !== undefined) return inflight;
-    const write = this.#write(k, data).finally(() => {
+    const write = this.#write(k, data, options.sha256).finally(() => {
       if (this.#inflightPuts.get(k.id) === write) this.#inflightPuts.delete(k.id);
     });
     this.#inflightPuts.set(k.id, write);
@@ -320,6 +393,7 @@ export class FileChunkCache implements DiskChunkCache {
 
   async removeLayer(layerDigest: string): Promise<void> {
     const { layerId, dir } = this.#resolve({ layerDigest, index: 0 });
+    this.#knownDirs.delete(dir);
     try {
       await rm(dir, { recursive: true, force: true, maxRetries: REMOVE_LAYER_RETRIES });
     } catch (err) {
@@ -367,17 +441,21 @@ export class FileChunkCache implements DiskChunkCache {
     return { layerDigest: key.layerDigest, index: key.index, layerId, id, dir, path: join(dir, String(key.index)) };
   }
 
-  async #write(k: ResolvedKey, data: Buffer): Promise<void> {
-    const header = await encodeHeader(k, data);
+  async #write(k: ResolvedKey, data: Buffer, dataSha256: Uint8Array | undefined): Promise<void> {
+    const header = await encodeHeader(k, data, dataSha256);
     for (let attempt = 1; ; attempt++) {
       const random = randomBytes(TEMP_NAME_RANDOM_BYTES).toString('hex');
       const temp = join(k.dir, `.${k.index}.tmp-${process.pid}-${random}`);
       try {
-        await mkdir(k.dir, { recursive: true });
+        // The layer's directory is created once per process (not once per chunk); when it vanishes (a
+        // concurrent removeLayer), open fails with ENOENT and the next attempt creates it again.
+        if (!this.#knownDirs.has(k.dir)) {
+          await mkdir(k.dir, { recursive: true });
+          this.#knownDirs.add(k.dir);
+        }
         const handle = await open(temp, 'wx');
         try {
-          await handle.writeFile(header);
-          await handle.writeFile(data);
+          await writeAll(handle, [header, data]);
         } finally {
           await handle.close();
         }
@@ -386,6 +464,7 @@ export class FileChunkCache implements DiskChunkCache {
       } catch (err) {
         await unlink(temp).catch(() => undefined);
         // The layer directory vanished under us (a concurrent removeLayer): create it again.
+        if (isMissing(err)) this.#knownDirs.delete(k.dir);
         if (isMissing(err) && attempt < PUT_ATTEMPTS) continue;
         throw new CacheError('cannot write chunk to the disk cache', { layerDigest: k.layerDigest, index: k.index, path: k.path, cause: err });
       }

@@ -1,5 +1,5 @@
 // Public API of the chunk caches: the memory tier, the disk tier and the whole-layer file cache.
-export type { ChunkKey, DiskChunkCache, MemoryChunkCache } from './types.js';
+export type { ChunkHasher, ChunkKey, DiskChunkCache, DiskGetOptions, DiskPutOptions, MemoryChunkCache } from './types.js';
 export { CacheError } from './errors.js';
 export type { CacheErrorContext } from './errors.js';
 export { createMemoryChunkCache, DEFAULT_MEMORY_CACHE_BYTES, LruChunkCache } from './memory.js';

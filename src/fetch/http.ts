@@ -10,10 +10,46 @@
 // certificate not verified, client certificate refused) are one-line errors saying so, and not retried.
 import { isIP } from 'node:net';
 import type { Readable } from 'node:stream';
-import { buildConnector, Pool } from 'undici';
+import { createRequire } from 'node:module';
+import type { buildConnector as UndiciBuildConnector, Dispatcher, Pool as UndiciPool } from 'undici';
 import { basicAuthorization, hasPassword, OAUTH_CLIENT_ID, parseAuthChallenges, RegistryAuthError, TokenCache, type AuthChallenge } from './auth.js';
 import type { CredentialProvider, RegistryCredentials } from './credentials.js';
 import { RegistryError, redactUrl } from './errors.js';
+
+/** What this module uses of undici: its Pool, its connector, and the request API. */
+interface UndiciParts {
+  Pool: typeof UndiciPool;
+  buildConnector: typeof UndiciBuildConnector;
+  request: (this: Dispatcher, options: Dispatcher.RequestOptions) => Promise<Dispatcher.ResponseData>;
+}
+
+/** undici's own modules for UndiciParts (undici 7's layout), relative to its package directory. */
+const UNDICI_POOL_MODULE = 'undici/lib/dispatcher/pool.js';
+const UNDICI_CONNECT_MODULE = 'undici/lib/core/connect.js';
+const UNDICI_REQUEST_MODULE = 'undici/lib/api/api-request.js';
+
+/**
+ * Loads only the parts of undici used here, from their own modules: the package's entry point also loads every
+ * other dispatcher, the mock and cache layers and fetch (about 10 MiB more resident in every process that talks
+ * to a registry, the long-lived mount process included). Falls back to the entry point if a later undici moves
+ * those modules.
+ */
+function loadUndici(): UndiciParts {
+  const require = createRequire(import.meta.url);
+  try {
+    const Pool = require(UNDICI_POOL_MODULE) as UndiciParts['Pool'];
+    const buildConnector = require(UNDICI_CONNECT_MODULE) as UndiciParts['buildConnector'];
+    const request = require(UNDICI_REQUEST_MODULE) as UndiciParts['request'];
+    if (typeof Pool === 'function' && typeof buildConnector === 'function' && typeof request === 'function') return { Pool, buildConnector, request };
+  } catch {
+    // Fall through to the entry point.
+  }
+  const undici = require('undici') as { Pool: UndiciParts['Pool']; buildConnector: UndiciParts['buildConnector'] };
+  return { Pool: undici.Pool, buildConnector: undici.buildConnector, request: undici.Pool.prototype.request as UndiciParts['request'] };
+}
+
+const undici = loadUndici();
+type Pool = UndiciPool;
 
 /** Concurrent connections per registry origin. */
 export const MAX_CONNECTIONS_PER_HOST = 8;
@@ -96,8 +132,8 @@ function tlsFailureReason(err: unknown, code: string | undefined, host: string):
  * error. A TLS 1.3 server refuses a missing client certificate with an alert after the handshake; undici
  * would then report its own "other side closed" (on the end of the stream) instead of the alert.
  */
-function tlsErrorPreservingConnector(options: buildConnector.BuildOptions): buildConnector.connector {
-  const connect = buildConnector(options);
+function tlsErrorPreservingConnector(options: UndiciBuildConnector.BuildOptions): UndiciBuildConnector.connector {
+  const connect = undici.buildConnector(options);
   return (opts, callback) => {
     connect(opts, (...args) => {
       const socket = args[1];
@@ -330,6 +366,27 @@ export async function readBodyCapped(body: Readable, max: number, what: string):
   return Buffer.concat(chunks, total);
 }
 
+/**
+ * Reads a body of a known length into one buffer of exactly that size, allocated up front: each piece is copied
+ * once as it arrives and dropped (no list of pieces held until a final concatenation), and the result owns its
+ * memory, so the lazy reader can move it to a worker thread without copying it. More than `length` bytes is
+ * an error (the body is destroyed); fewer gives what came (the caller checks the length).
+ */
+export async function readBodyExact(body: Readable, length: number, what: string): Promise<Buffer> {
+  const out = Buffer.allocUnsafeSlow(length);
+  let total = 0;
+  for await (const chunk of body) {
+    const buffer = chunk as Buffer;
+    if (total + buffer.length > length) {
+      cutBody(body);
+      throw new RangeError(`${what} is larger than ${length} bytes`);
+    }
+    out.set(buffer, total);
+    total += buffer.length;
+  }
+  return total === length ? out : out.subarray(0, total);
+}
+
 /** Drops an unread answer body cheaply: small ones are drained (keeping the connection), others cut. */
 export async function discardBody(res: HttpResponse): Promise<void> {
   await res.body.dump({ limit: MAX_ERROR_BODY_BYTES }).catch(() => undefined);
@@ -532,7 +589,7 @@ export class RegistryClient {
         ...(tls?.cert !== undefined ? { cert: tls.cert } : {}),
         ...(tls?.key !== undefined ? { key: tls.key } : {}),
       };
-      pool = new Pool(origin, {
+      pool = new undici.Pool(origin, {
         connections: this.maxConnections,
         keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
         headersTimeout: this.timeouts.headersMs,
@@ -573,7 +630,7 @@ export class RegistryClient {
     for (let attempt = 0; ; attempt++) {
       signal?.throwIfAborted();
       try {
-        const res = await this.pool(url.origin, tls).request({ method, path: `${url.pathname}${url.search}`, headers, body, ...(signal !== undefined ? { signal } : {}) });
+        const res = await undici.request.call(this.pool(url.origin, tls), { method, path: `${url.pathname}${url.search}`, headers, body, ...(signal !== undefined ? { signal } : {}) });
         return { status: res.statusCode, headers: res.headers, body: res.body, url };
       } catch (err) {
         if (signal?.aborted) throw signal.reason;

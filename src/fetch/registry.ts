@@ -19,6 +19,7 @@ import {
   cutBody,
   getHeader,
   readBodyCapped,
+  readBodyExact,
   RegistryClient,
   responseError,
   isRetryableNetworkError,
@@ -455,10 +456,13 @@ export class RegistryStore implements ImageStore {
     }
   }
 
-  /** Reads an answer body up to `max` bytes; a cut connection becomes a (retryable) RegistryError. */
-  private async readBlobBody(res: HttpResponse, max: number, what: string, operation: string, signal: AbortSignal | undefined): Promise<Buffer> {
+  /**
+   * Reads an answer body up to `max` bytes (`exact`: `max` is the length expected, read into one buffer of that
+   * size); a cut connection becomes a (retryable) RegistryError.
+   */
+  private async readBlobBody(res: HttpResponse, max: number, what: string, operation: string, signal: AbortSignal | undefined, exact = false): Promise<Buffer> {
     try {
-      return await readBodyCapped(res.body, max, what);
+      return await (exact ? readBodyExact(res.body, max, what) : readBodyCapped(res.body, max, what));
     } catch (err) {
       if (signal?.aborted) throw signal.reason;
       if (err instanceof RangeError) throw err;
@@ -479,7 +483,7 @@ export class RegistryStore implements ImageStore {
       if (res.status !== 200) throw await responseError(res, operation, 'GET');
       let bytes: Buffer;
       try {
-        bytes = await this.readBlobBody(res, desc.size, 'blob', operation, signal);
+        bytes = await this.readBlobBody(res, desc.size, 'blob', operation, signal, true);
       } catch (err) {
         if (err instanceof RangeError) {
           throw new ContentVerificationError(`${operation} ${this.displayName}: ${desc.digest} is longer than its ${desc.size} bytes`, desc.digest, 'size');
@@ -575,7 +579,7 @@ export class RegistryStore implements ImageStore {
       }
       let bytes: Buffer;
       try {
-        bytes = await this.readBlobBody(res, length, 'range', operation, signal);
+        bytes = await this.readBlobBody(res, length, 'range', operation, signal, true);
       } catch (err) {
         if (err instanceof RangeError) throw new ContentVerificationError(`${where}: answer is longer than ${length} bytes`, desc.digest, 'range');
         throw err;

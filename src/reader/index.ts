@@ -24,7 +24,7 @@ export {
   defaultDecodeWorkers,
   sharedDecodePool,
 } from './decodepool.js';
-export type { ChunkDecoder, DecodePoolOptions } from './decodepool.js';
+export type { ChunkDecoder, DecodedChunk, DecodePoolOptions, HashedBytes, RunFrame } from './decodepool.js';
 export {
   DEFAULT_REQUEST_TIMEOUT_MS,
   DEFAULT_RETRY_INITIAL_DELAY_MS,

@@ -2,13 +2,15 @@
 // to chunks; each chunk comes from the memory cache, else the disk cache, else the registry: the missing
 // chunks of one read that are adjacent in the blob go out as one Range request, a chunk wanted by several
 // reads is fetched once (single flight), requests in flight are bounded, and every frame is checked against
-// its SHA-512 (before decoding, off the main thread) before anything is served or cached. Transient fetch
-// errors are retried with backoff within a read deadline that no fetch, queue or disk can overrun.
+// its SHA-512 (before decoding, off the main thread) before anything is served or cached. A fetched run goes
+// to the decoder whole (no copy per frame), which also hashes each decoded chunk for its disk cache entry;
+// disk cache entries read back are checked by the same worker threads. Transient fetch errors are retried
+// with backoff within a read deadline that no fetch, queue or disk can overrun.
 import { groupFrameRuns, frameFromRun, isSeekableReadError, IntegrityError, loadChunkTable, mapImageRange, SeekableFormatError } from '../chunktable/index.js';
 import type { ChunkTable, FrameRun } from '../chunktable/index.js';
-import type { ChunkKey, DiskChunkCache, MemoryChunkCache } from '../cache/types.js';
+import type { ChunkKey, DiskChunkCache, DiskGetOptions, MemoryChunkCache } from '../cache/types.js';
 import type { Descriptor } from '../oci/types.js';
-import type { ChunkDecoder } from './decodepool.js';
+import type { ChunkDecoder, DecodedChunk } from './decodepool.js';
 import { sharedDecodePool } from './decodepool.js';
 import { Deadline, ignoreRejection, raceSignal } from './deadline.js';
 import { LayerClosedError, ReadDeadlineError } from './errors.js';
@@ -174,6 +176,8 @@ export class LazyLayer implements LayerFileSource {
   readonly #memory: MemoryChunkCache;
   readonly #disk: DiskChunkCache | undefined;
   readonly #decoder: ChunkDecoder;
+  /** Disk cache reads hash entries with the decoder's SHA-256 (off the main thread, no copy) when it has one. */
+  readonly #diskGetOptions: DiskGetOptions;
   readonly #log: ReaderLog;
   readonly #semaphore: RequestSemaphore;
   readonly #policy: RetryPolicy;
@@ -224,6 +228,8 @@ export class LazyLayer implements LayerFileSource {
     this.#memory = init.memory;
     this.#disk = init.disk;
     this.#decoder = options.decoder ?? sharedDecodePool();
+    const decoder = this.#decoder;
+    this.#diskGetOptions = decoder.sha256 ? { hasher: (bytes, from) => decoder.sha256!(bytes, from) } : {};
     this.#log = init.log ?? defaultLog;
     const maxInflight = options.maxInflightRequests ?? DEFAULT_MAX_INFLIGHT_REQUESTS;
     this.#semaphore = new RequestSemaphore(maxInflight, options.maxPrefetchRequests ?? Math.max(1, maxInflight - 1));
@@ -523,7 +529,7 @@ export class LazyLayer implements LayerFileSource {
     if (!disk) return undefined;
     const length = this.table.chunkLength(index);
     try {
-      const data = await disk.get(this.#key(index), length);
+      const data = await disk.get(this.#key(index), length, this.#diskGetOptions);
       return data && data.length === length ? data : undefined;
     } catch (err) {
       this.#log(`erofs-lazy: disk cache read failed: layer ${this.layerDigest} chunk ${index}: ${errorMessage(err)}`);
@@ -540,13 +546,13 @@ export class LazyLayer implements LayerFileSource {
     }
   }
 
-  /** Puts a freshly fetched, verified chunk into memory and (in the background) on disk. */
-  #store(index: number, data: Buffer): void {
+  /** Puts a freshly fetched, verified chunk into memory and (in the background) on disk; `sha256` is its digest if known. */
+  #store(index: number, data: Buffer, sha256: Uint8Array | undefined): void {
     this.#remember(index, data);
     const disk = this.#disk;
     if (!disk) return;
     const write: Promise<void> = Promise.resolve()
-      .then(() => disk.put(this.#key(index), data))
+      .then(() => disk.put(this.#key(index), data, sha256 === undefined ? undefined : { sha256 }))
       .catch((err: unknown) => this.#log(`erofs-lazy: disk cache write failed: layer ${this.layerDigest} chunk ${index}: ${errorMessage(err)}`))
       .finally(() => this.#pendingWrites.delete(write));
     this.#pendingWrites.add(write);
@@ -705,19 +711,45 @@ export class LazyLayer implements LayerFileSource {
     await Promise.all(runs.map((run, k) => this.#acceptRun(flights, run, buffers[k]!, deadline, priority, integrityAttempt)));
   }
 
+  /**
+   * Starts verifying and decoding the frames of one fetched run: one promise per chunk of the run, in order.
+   * With a decoder that takes whole runs, the run's buffer goes to one worker as it is (no copy per frame) and
+   * each decoded chunk comes back with its SHA-256 when it will be written to the disk cache.
+   */
+  #decodeRun(run: FrameRun, bytes: Buffer): Array<Promise<DecodedChunk>> {
+    const contextOf = (index: number): string => {
+      const { start, end } = this.table.frameRange(index);
+      return ` (layer ${this.layerDigest}, blob range [${start}, ${end}))`;
+    };
+    const decoder = this.#decoder;
+    if (decoder.decodeFrames) {
+      try {
+        // Checks the run's length (rule 15, as frameFromRun reports it) before anything is sent.
+        frameFromRun(this.table, run, bytes, run.firstIndex);
+      } catch (err) {
+        return run.indices.map(() => Promise.reject(err));
+      }
+      const frames = run.indices.map((index) => ({ index, offset: this.table.frameRange(index).start - run.start, context: contextOf(index) }));
+      return decoder.decodeFrames(this.table, frames, bytes, { sha256: this.#disk !== undefined });
+    }
+    return run.indices.map(async (index) => {
+      // A run of one frame hands its whole buffer over (the decoder may transfer it to a worker).
+      const frame = run.indices.length === 1 ? bytes : frameFromRun(this.table, run, bytes, index);
+      return { data: await decoder.decode(this.table, index, frame, contextOf(index)) };
+    });
+  }
+
   /** Verifies and decodes the chunks of one fetched run, caches and settles them; refetches integrity failures. */
   async #acceptRun(flights: Flights, run: FrameRun, bytes: Buffer, deadline: Deadline, priority: RequestPriority, integrityAttempt: number): Promise<void> {
     this.#c.bytesFetched += bytes.length;
     const refetch: number[] = [];
+    const decoded = this.#decodeRun(run, bytes);
     await Promise.all(
-      run.indices.map(async (index) => {
+      run.indices.map(async (index, k) => {
         const { start, end } = this.table.frameRange(index);
-        const context = ` (layer ${this.layerDigest}, blob range [${start}, ${end}))`;
-        let data: Buffer;
+        let chunk: DecodedChunk;
         try {
-          // A run of one frame hands its whole buffer over (the decode pool may transfer it to a worker).
-          const frame = run.indices.length === 1 ? bytes : frameFromRun(this.table, run, bytes, index);
-          data = await this.#decoder.decode(this.table, index, frame, context);
+          chunk = await decoded[k]!;
         } catch (err) {
           const again = err instanceof IntegrityError && integrityAttempt < this.#integrityRetries;
           if (isSeekableReadError(err)) {
@@ -732,8 +764,8 @@ export class LazyLayer implements LayerFileSource {
         }
         this.#c.chunksFetched++;
         this.#markPresent(index);
-        this.#store(index, data);
-        this.#settle(flights, index, { data });
+        this.#store(index, chunk.data, chunk.sha256);
+        this.#settle(flights, index, { data: chunk.data });
       }),
     );
     if (refetch.length > 0) {

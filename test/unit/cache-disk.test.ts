@@ -312,3 +312,73 @@ test('disk cache: the open scan removes stale temp files and keeps fresh ones', 
   assert.equal(cache.indexedEntries, 0);
   assert.deepEqual(await cache.usage(), []);
 });
+
+/** A hasher like the decode pool's: takes the bytes' memory (detaching the caller's Buffer) and hands it back. */
+function detachingHasher(calls: { n: number }): (bytes: Buffer, from: number) => Promise<{ bytes: Buffer; sha256: Uint8Array }> {
+  return async (bytes, from) => {
+    calls.n += 1;
+    const length = bytes.length;
+    const moved = structuredClone(bytes.buffer as ArrayBuffer, { transfer: [bytes.buffer as ArrayBuffer] });
+    const back = Buffer.from(moved, 0, length);
+    return { bytes: back, sha256: createHash('sha256').update(back.subarray(from)).digest() };
+  };
+}
+
+test('disk cache: get with a hasher that takes the memory returns the bytes; damage is still found', async (t) => {
+  const root = await tempDir(t);
+  const corrupt: CorruptEntryInfo[] = [];
+  const cache = await openDiskChunkCache({ root, onCorruptEntry: (info) => corrupt.push(info) });
+  const calls = { n: 0 };
+  const hasher = detachingHasher(calls);
+  const big = randomBytes(300_000);
+  await cache.put(key(1), big);
+  const got = await cache.get(key(1), big.length, { hasher });
+  assert.ok(got !== undefined && got.equals(big));
+  assert.equal(calls.n, 1);
+  // A flipped data byte: the hasher's digest disagrees with the header, so it is a miss, counted and removed.
+  const path = chunkPath(root, 1);
+  const file = await readFile(path);
+  file[CHUNK_HEADER_BYTES + 1234]! ^= 1;
+  await writeFile(path, file);
+  assert.equal(await cache.get(key(1), big.length, { hasher }), undefined);
+  assert.equal(cache.corruptEntries, 1);
+  assert.equal(corrupt[0]?.reason, 'data does not match its SHA-256');
+  assert.equal(existsSync(path), false);
+  // A hasher that hands back the wrong bytes or digest never makes a bad entry pass.
+  await cache.put(key(2), big);
+  const lying = async (bytes: Buffer): Promise<{ bytes: Buffer; sha256: Uint8Array }> => ({ bytes, sha256: Buffer.alloc(32) });
+  assert.equal(await cache.get(key(2), big.length, { hasher: lying }), undefined);
+  const short = async (bytes: Buffer, from: number): Promise<{ bytes: Buffer; sha256: Uint8Array }> => ({ bytes: bytes.subarray(1), sha256: createHash('sha256').update(bytes.subarray(from)).digest() });
+  await cache.put(key(3), big);
+  assert.equal(await cache.get(key(3), big.length, { hasher: short }), undefined);
+  assert.equal(cache.corruptEntries, 3);
+  // A failing hasher is an error of the read (the caller treats it as a miss), not bytes.
+  await cache.put(key(4), big);
+  await assert.rejects(cache.get(key(4), big.length, { hasher: async () => Promise.reject(new Error('pool closed')) }), CacheError);
+  // A header problem is found before the hasher runs.
+  calls.n = 0;
+  await cache.put(key(5), big);
+  assert.equal(await cache.get(key(5, LAYER_A), big.length - 1, { hasher }), undefined);
+  assert.equal(calls.n, 0);
+});
+
+test('disk cache: put with the caller\'s SHA-256 writes the same file; a wrong one only makes a miss later', async (t) => {
+  const root = await tempDir(t);
+  const cache = await openDiskChunkCache({ root });
+  const data = randomBytes(5 * 1024 * 1024 + 17); // larger than one 512 KiB write
+  await cache.put(key(1), data, { sha256: createHash('sha256').update(data).digest() });
+  await cache.put(key(2), data);
+  const a = await readFile(chunkPath(root, 1));
+  const b = await readFile(chunkPath(root, 2));
+  assert.equal(a.length, CHUNK_HEADER_BYTES + data.length);
+  assert.ok(a.subarray(CHUNK_HEADER_BYTES).equals(data));
+  assert.ok(a.subarray(32).equals(b.subarray(32)), 'same layer hash, data hash and data as a put that hashes itself');
+  const got = await cache.get(key(1), data.length);
+  assert.ok(got !== undefined && got.equals(data));
+  await cache.put(key(3), data, { sha256: Buffer.alloc(32, 7) });
+  assert.equal(await cache.get(key(3), data.length), undefined);
+  assert.equal(cache.corruptEntries, 1);
+  // A digest of the wrong length is ignored: the data is hashed instead.
+  await cache.put(key(4), data, { sha256: Buffer.alloc(5) });
+  assert.ok((await cache.get(key(4), data.length))?.equals(data));
+});

@@ -3,6 +3,7 @@
 // hanging or failing registry, cached reads while the registry is down, disk cache reuse, prefetch and close.
 // Blobs are built with the real encoder; the registry is an in-test fetcher over the blob bytes.
 import assert from 'node:assert/strict';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { openDiskChunkCache } from '../../src/cache/disk.js';
@@ -430,6 +431,39 @@ describe('coalescing and caches', () => {
     assert.equal(second.registry.requests.length, 0);
     assert.equal(second.layer.stats().diskHits, f.table.chunkCount);
     assert.equal(second.layer.stats().fractionFetched, 1);
+  });
+
+  test('with the worker pool: runs decode in workers with their SHA-256 for the disk cache, disk hits are checked there, a damaged entry is refetched', async (t) => {
+    const f = await fixture(600_000, 64 * KiB, 12);
+    const dir = await tempDir(t);
+    const root = join(dir, 'chunks');
+    const disk = await openDiskChunkCache({ root, maxBytes: 64 * 1024 * 1024 });
+    const pool = new DecodePool({ workers: 2, inlineMaxChunkBytes: 0 });
+    t.after(() => pool.close());
+    // Requests of several frames (maxGapBytes, readahead), decoded as whole runs.
+    const first = setup(f, { memory: createMemoryChunkCache(4 * 1024 * KiB), disk, options: { decoder: pool, readaheadChunks: 2 } });
+    assert.ok((await first.layer.read(0, f.image.length)).equals(f.image));
+    await first.layer.flush();
+    assert.ok(first.registry.requests.some((r) => r.end - r.start > f.table.frameRange(0).end), 'some request carried several frames');
+    const jobs = pool.workerJobs;
+    // Entries written with the workers' SHA-256 are valid for a plain get.
+    for (let i = 0; i < f.table.chunkCount; i++) {
+      const data = await disk.get({ layerDigest: f.desc.digest, index: i }, f.table.chunkLength(i));
+      assert.ok(data?.equals(f.image.subarray(i * 64 * KiB, i * 64 * KiB + f.table.chunkLength(i))), `disk entry ${i}`);
+    }
+    // Damage one entry: a new layer (empty memory) reads the rest from disk, hashed in the workers, and refetches it.
+    const path = join(root, 'v1', 'sha256', f.desc.digest.slice('sha256:'.length), '3');
+    const bytes = await readFile(path);
+    bytes[bytes.length - 10]! ^= 0x40;
+    await writeFile(path, bytes);
+    const second = setup(f, { memory: createMemoryChunkCache(4 * 1024 * KiB), disk, options: { decoder: pool } });
+    assert.ok((await second.layer.read(0, f.image.length)).equals(f.image));
+    const s = second.layer.stats();
+    assert.equal(s.diskHits, f.table.chunkCount - 1);
+    assert.equal(s.chunksFetched, 1);
+    assert.deepEqual(second.registry.requests, [f.table.frameRange(3)].map(({ start, end }) => ({ start, end })));
+    assert.equal(disk.corruptEntries, 1);
+    assert.ok(pool.workerJobs >= jobs + f.table.chunkCount, 'disk entries were hashed by the workers');
   });
 });
 
