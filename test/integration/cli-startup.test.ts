@@ -103,7 +103,9 @@ describe('erofs-lazy mount start-up', () => {
 
     // Same command line as before, so ps shows what is served and test helpers find the process.
     const cmdline = (await readFile(`/proc/${servingPid}/cmdline`, 'utf8')).split('\0');
-    assert.deepEqual(cmdline.slice(1, 5), [CLI_PATH, 'mount', seekable, d.mountpoint]);
+    assert.deepEqual(cmdline.slice(1, 6), ['--single-threaded-gc', CLI_PATH, 'mount', seekable, d.mountpoint]);
+    const environ = (await readFile(`/proc/${servingPid}/environ`, 'utf8')).split('\0');
+    assert.ok(environ.includes(`MALLOC_ARENA_MAX=${process.env.MALLOC_ARENA_MAX ?? '1'}`), 'one malloc arena unless the environment says otherwise');
     assert.deepEqual(cmdline.slice(-4, -1), ['--foreground', '--ready-fd', '3']);
     const log = await readFile(match[3]!, 'utf8');
     assert.match(log, new RegExp(`^\\S+ mounted ${seekable.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} at ${d.mountpoint}$`, 'm'));
