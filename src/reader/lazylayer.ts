@@ -69,6 +69,17 @@ export const DEFAULT_INTEGRITY_RETRIES = 1;
 export const DEFAULT_PREFETCH_CONCURRENCY = 4;
 /** Prefetch fills gaps of at most this many blob bytes between wanted chunks, to make one request of them. */
 export const PREFETCH_MAX_GAP_BYTES = 512 * 1024;
+/**
+ * Disk-cache writes (each holding a decoded chunk) a prefetch lets pile up before it waits for them: on a slow
+ * disk a fast registry would otherwise stack decoded chunks in memory far past the memory cache's bound (a
+ * 1 GiB profile peaked at 433 MiB with a 128 MiB cache).
+ */
+export const PREFETCH_MAX_PENDING_WRITES = 4;
+/**
+ * Blob bytes of one prefetch request at most (the reads' own requests may be larger): what a prefetch holds in
+ * flight is its concurrency times this, compressed, plus as much decoded.
+ */
+export const PREFETCH_MAX_REQUEST_BYTES = 8 * 1024 * 1024;
 /** Most ranges asked for in one multi-range request (when multi-range requests are on). */
 export const DEFAULT_MAX_RANGES_PER_REQUEST = 8;
 
@@ -398,6 +409,8 @@ export class LazyLayer implements LayerFileSource {
     const runsPerRequest = this.#fetchRanges?.enabled() ? this.#maxRangesPerRequest : 1;
     const worker = async (): Promise<void> => {
       while (next < runs.length && !this.#closer.signal.aborted) {
+        while (this.#pendingWrites.size >= PREFETCH_MAX_PENDING_WRITES && !this.#closer.signal.aborted) await Promise.race(this.#pendingWrites);
+        if (next >= runs.length) break;
         const group = runs.slice(next, next + runsPerRequest);
         next += group.length;
         const indices = group.flatMap((run) => run.indices);
@@ -450,7 +463,7 @@ export class LazyLayer implements LayerFileSource {
       }
       filled.push(index);
     }
-    const runs = groupFrameRuns(this.table, filled, { maxGapBytes: 0, maxRequestBytes: this.#maxRequestBytes });
+    const runs = groupFrameRuns(this.table, filled, { maxGapBytes: 0, maxRequestBytes: Math.min(this.#maxRequestBytes, PREFETCH_MAX_REQUEST_BYTES) });
     const runRank = (run: FrameRun): number => Math.min(...run.indices.map((index) => rank.get(index)!));
     return runs.map((run) => ({ run, rank: runRank(run) })).sort((a, b) => a.rank - b.rank).map(({ run }) => run);
   }
