@@ -60,8 +60,8 @@ export interface BuiltImage {
   hotPaths?: number;
 }
 
-/** Bumped when the start-up conversion changes (images cached under the old tag are rebuilt): 2 = landmark annotation. */
-const STARTUP_LAYOUT_VERSION = 2;
+/** Bumped when the start-up conversion changes (images cached under the old tag are rebuilt): 2 = landmark annotation, 3 = start-up chunks at zstd level 19. */
+const STARTUP_LAYOUT_VERSION = 3;
 
 /** Image layouts the bench can convert to. */
 export const BENCH_LAYOUTS = ['mkfs', 'startup'] as const;

@@ -41,6 +41,11 @@ export interface EncodeOptions {
   /** zstd compression level; default 3. */
   level?: number;
   /**
+   * The first `count` chunks at another level (e.g. a start-up region every cold start fetches: worth a
+   * slower, smaller encoding). Frames stay independent; readers see no difference.
+   */
+  leadingChunks?: { count: number; level: number };
+  /**
    * Write Frame_Content_Size in every frame header (default true, RECOMMENDED by spec §11). False compresses
    * each chunk as a stream of unknown size, as `zstd` reading stdin does (the frames of spec vector V4).
    */
@@ -71,15 +76,25 @@ export interface EncodeResult {
   annotations: Record<string, string>;
 }
 
+function checkLevel(level: number, what: string): void {
+  const { lowerBound, upperBound } = zstd.cParamGetBounds(zstd.CParameter.compressionLevel);
+  if (!Number.isInteger(level) || level < lowerBound || level > upperBound) {
+    throw new RangeError(`${what} ${level} is outside ${lowerBound}..${upperBound}`);
+  }
+}
+
 function checkOptions(options: EncodeOptions): { chunkSize: number; level: number; verityBlockSize?: number } {
   const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
   if (!Number.isInteger(chunkSize) || chunkSize < 1 || chunkSize > MAX_CHUNK_SIZE) {
     throw new RangeError(`chunk size ${chunkSize} is outside 1..0xFFFFFFFF (spec §11)`);
   }
   const level = options.level ?? DEFAULT_COMPRESSION_LEVEL;
-  const { lowerBound, upperBound } = zstd.cParamGetBounds(zstd.CParameter.compressionLevel);
-  if (!Number.isInteger(level) || level < lowerBound || level > upperBound) {
-    throw new RangeError(`compression level ${level} is outside ${lowerBound}..${upperBound}`);
+  checkLevel(level, 'compression level');
+  if (options.leadingChunks !== undefined) {
+    checkLevel(options.leadingChunks.level, 'leading chunks compression level');
+    if (!Number.isSafeInteger(options.leadingChunks.count) || options.leadingChunks.count < 0) {
+      throw new RangeError(`leading chunk count ${options.leadingChunks.count} is not a non-negative integer`);
+    }
   }
   if (!options.verity) return { chunkSize, level };
   const bs = options.verity.blockSize ?? DEFAULT_VERITY_BLOCK_SIZE;
@@ -99,13 +114,15 @@ class FrameWriter {
   readonly entries: ChunkTableEntry[] = [];
   readonly blobHash = createHash('sha256');
   offset = 0;
+  #level: number;
 
   constructor(
     private readonly sink: Sink,
-    level: number,
+    private readonly levelOf: (index: number) => number,
     private readonly contentSize: boolean,
   ) {
-    this.#cctx.setParameter(zstd.CParameter.compressionLevel, level);
+    this.#level = levelOf(0);
+    this.#cctx.setParameter(zstd.CParameter.compressionLevel, this.#level);
     this.#cctx.setParameter(zstd.CParameter.checksumFlag, 1);
     this.#cctx.setParameter(zstd.CParameter.contentSizeFlag, 1);
   }
@@ -129,6 +146,11 @@ class FrameWriter {
   async addChunk(chunk: Uint8Array): Promise<void> {
     if (this.entries.length >= MAX_CHUNK_COUNT) {
       throw new RangeError(`image needs more than ${MAX_CHUNK_COUNT} chunks: the chunk table would exceed 0xFFFFFFFF bytes (spec §11); use a larger chunk size`);
+    }
+    const level = this.levelOf(this.entries.length);
+    if (level !== this.#level) {
+      this.#cctx.setParameter(zstd.CParameter.compressionLevel, level);
+      this.#level = level;
     }
     const frame = this.#compress(chunk);
     this.entries.push({ offset: this.offset, checksum: createHash('sha512').update(frame).digest() });
@@ -156,7 +178,9 @@ export async function encodeSeekableBlob(input: ByteSource, output: ByteSink, op
     verityBlockSize === undefined ? undefined : new VerityTreeBuilder({ blockSize: verityBlockSize, uuid: options.verity?.uuid ? Buffer.from(options.verity.uuid) : undefined });
   const sink = await openSink(output, { end: options.end });
   try {
-    const writer = new FrameWriter(sink, level, options.contentSize ?? true);
+    const leading = options.leadingChunks;
+    const levelOf = (index: number): number => (leading !== undefined && index < leading.count ? leading.level : level);
+    const writer = new FrameWriter(sink, levelOf, options.contentSize ?? true);
     const rawHash = createHash('sha256');
     let uncompressedSize = 0;
     let pending: Buffer[] = [];

@@ -5,7 +5,7 @@ import { createReadStream } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { encodeSeekableBlob, parseSeekableAnnotations, decodeSequential } from '../chunktable/index.js';
+import { DEFAULT_CHUNK_SIZE, encodeSeekableBlob, parseSeekableAnnotations, decodeSequential } from '../chunktable/index.js';
 import type { EncodeResult } from '../chunktable/index.js';
 import { MEDIA_TYPE } from '../oci/types.js';
 import type { Descriptor, ImageConfig, ImageManifest, Platform } from '../oci/types.js';
@@ -14,6 +14,12 @@ import { sha256Digest } from '../util/digest.js';
 import { STARTUP_BYTES_ANNOTATION } from '../prefetch/startup.js';
 import { layerToErofs } from './layer.js';
 import { LAYER_TAR_MEDIA_TYPES } from './layertar.js';
+
+/**
+ * zstd level of the chunks holding a start-up region (`hotPaths`): level 19 makes the Debian+python3 start-up
+ * region 18% smaller than the default level 3 (5.4 vs 6.6 MB for 4 chunks), at a few seconds of encoding.
+ */
+export const STARTUP_COMPRESSION_LEVEL = 19;
 
 /** How each source layer was treated. */
 export type LayerAction = 'kept' | 'converted-tar' | 'reencoded-erofs';
@@ -172,8 +178,11 @@ async function convertLayer(
   }
 
   progress('encode');
+  const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
   const encoded: EncodeResult = await encodeSeekableBlob(createReadStream(rawPath), blobPath, {
-    chunkSize: options.chunkSize,
+    chunkSize,
+    // Every cold start fetches the start-up region: its few chunks get the slow, small encoding.
+    ...(startupBytes ? { leadingChunks: { count: Math.ceil(startupBytes / chunkSize), level: STARTUP_COMPRESSION_LEVEL } } : {}),
     verity: options.dmVerity
       ? { blockSize: options.dmVerityBlockSize, uuid: verityUuidFor(layer.digest) }
       : undefined,

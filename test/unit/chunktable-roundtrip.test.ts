@@ -151,10 +151,34 @@ test('encoder options are range-checked (spec §11)', async () => {
   }
   await assert.rejects(encodeSeekableBlob(streamOf(Buffer.alloc(1)), new CollectingSink(), { verity: { uuid: Buffer.alloc(16) } }), RangeError);
   await assert.rejects(encodeSeekableBlob(streamOf(Buffer.alloc(1)), new CollectingSink(), { level: 1000 }), RangeError);
+  await assert.rejects(encodeSeekableBlob(streamOf(Buffer.alloc(1)), new CollectingSink(), { leadingChunks: { count: 1, level: 1000 } }), RangeError);
+  await assert.rejects(encodeSeekableBlob(streamOf(Buffer.alloc(1)), new CollectingSink(), { leadingChunks: { count: -1, level: 3 } }), RangeError);
   // C = 0xFFFFFFFF is allowed (only the image's bytes are buffered, not C).
   const { result } = await encodeInMemory(Buffer.from('hello'), { chunkSize: 0xffffffff });
   assert.equal(result.chunkCount, 1);
   assert.equal(result.chunkSize, 0xffffffff);
+});
+
+test('leadingChunks: the first chunks at their own level, the blob still decodes to the image', async () => {
+  // Compressible but not trivially so: text-like lines with varying numbers.
+  const lines: string[] = [];
+  for (let i = 0; lines.join('').length < 4 * 64 * 1024; i++) lines.push(`entry ${i} value ${(i * 7919) % 10007} name item-${i % 97}\n`);
+  const image = Buffer.from(lines.join('')).subarray(0, 4 * 64 * 1024);
+  const chunkSize = 64 * 1024;
+  const plain = await encodeInMemory(image, { chunkSize, level: 1 });
+  const mixed = await encodeInMemory(image, { chunkSize, level: 1, leadingChunks: { count: 2, level: 19 } });
+  const frameSizes = async (blob: Buffer, desc: Parameters<typeof parseSeekableAnnotations>[0]) => {
+    const table = await loadChunkTable(desc, memoryReader(blob));
+    return Array.from({ length: table.chunkCount }, (_, i) => table.frameRange(i).end - table.frameRange(i).start);
+  };
+  const a = await frameSizes(plain.blob, plain.desc);
+  const b = await frameSizes(mixed.blob, mixed.desc);
+  assert.ok(b[0]! < a[0]! && b[1]! < a[1]!, `leading frames smaller at level 19: ${b} vs ${a}`);
+  assert.deepEqual(b.slice(2), a.slice(2), 'the other frames as before');
+  const sink = new CollectingSink();
+  const decoded = await decodeSeekableBlob(streamOf(mixed.blob), sink, mixed.desc, { diffId: plain.result.diffId });
+  assert.ok(sink.bytes().equals(image));
+  assert.equal(decoded.diffId, plain.result.diffId);
 });
 
 test('encoder writes files, streams from files, and its descriptor helper keeps foreign annotations', async (t) => {
