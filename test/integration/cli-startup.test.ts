@@ -8,7 +8,7 @@
 // command parses its arguments (early start) and gets the options through a pipe; a command that stops at
 // its arguments (usage error, --help) leaves no such process behind.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
@@ -160,6 +160,43 @@ describe('erofs-lazy mount start-up', () => {
       if (Date.now() > until) assert.fail(`processes left: ${left.join(' | ')}`);
       await new Promise((r) => setTimeout(r, 100));
     }
+    await assertNothingLeft([d.base]);
+  });
+
+  test('an early-started serving process whose parent goes away before the handover exits without mounting', async (t) => {
+    const d = await mountDir(t);
+    const child = spawn(process.execPath, [CLI_PATH, 'mount', `oci:${join(d.base, 'none')}`, d.mountpoint, '--state-dir', d.stateDir, '--foreground', '--ready-fd', '3'], {
+      stdio: ['ignore', 'ignore', 'pipe', 'pipe', 'pipe'],
+      env: { ...process.env, EROFS_LAZY_EARLY_START: '1' },
+    });
+    t.after(() => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    });
+    let stderr = '';
+    child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+    (child.stdio[4] as NodeJS.WritableStream).end(); // the parent stops without handing anything over
+    const code = await new Promise<number | null>((res) => child.on('exit', (c) => res(c)));
+    assert.equal(code, 0, stderr);
+    assert.equal(stderr, '');
+    await assertNothingLeft([d.base]);
+  });
+
+  test('an early-started serving process refuses a malformed handover with a one-line reason to its parent', async (t) => {
+    const d = await mountDir(t);
+    const child = spawn(process.execPath, [CLI_PATH, 'mount', `oci:${join(d.base, 'none')}`, d.mountpoint, '--state-dir', d.stateDir, '--foreground', '--ready-fd', '3'], {
+      stdio: ['ignore', 'ignore', 'ignore', 'pipe', 'pipe'],
+      env: { ...process.env, EROFS_LAZY_EARLY_START: '1' },
+    });
+    t.after(() => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    });
+    let ready = '';
+    (child.stdio[3] as NodeJS.ReadableStream).on('data', (b: Buffer) => (ready += b.toString()));
+    (child.stdio[4] as NodeJS.WritableStream).end('{"logPath": 5}');
+    const code = await new Promise<number | null>((res) => child.on('exit', (c) => res(c)));
+    assert.notEqual(code, 0);
+    const message = JSON.parse(ready.trim()) as { error?: string };
+    assert.match(message.error ?? '', /^unreadable handover from the mount command/);
     await assertNothingLeft([d.base]);
   });
 });
