@@ -33,7 +33,8 @@ const CHUNK_FORMAT_KNOWN_BITS = CHUNK_FORMAT_BLKBITS_MASK | CHUNK_FORMAT_INDEXES
 export type FileType = 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo' | 'socket';
 
 const S_IFMT = 0o170000;
-const MODE_TYPES: ReadonlyMap<number, FileType> = new Map([
+/** File type by the S_IFMT bits of a mode. */
+export const MODE_TYPES: ReadonlyMap<number, FileType> = new Map([
   [0o100000, 'file'],
   [0o040000, 'dir'],
   [0o120000, 'symlink'],

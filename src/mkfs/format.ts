@@ -1,11 +1,11 @@
 // On-disk constants of the EROFS writer (uncompressed images, 4 KiB blocks), taken from the reader's
-// definitions in src/erofs where it has them, plus the few the writer alone needs: the null block address,
-// dirent file types by node kind, the mode type bits, and the errors the writer raises.
-import { EROFS_DIRENT_SIZE, EROFS_NAME_LEN } from '../erofs/dir.js';
-import { DATA_LAYOUT, EROFS_COMPACT_INODE_SIZE, EROFS_EXTENDED_INODE_SIZE, EROFS_INODE_SLOT_SIZE, XATTR_IBODY_HEADER_SIZE } from '../erofs/inode.js';
+// definitions in src/erofs where it has them (mode type bits and dirent file types are the reader's tables
+// turned around), plus the few the writer alone needs: the null block address, limits, and its errors.
+import { DIRENT_FILE_TYPES, EROFS_DIRENT_SIZE, EROFS_NAME_LEN } from '../erofs/dir.js';
+import { DATA_LAYOUT, EROFS_COMPACT_INODE_SIZE, EROFS_EXTENDED_INODE_SIZE, EROFS_INODE_SLOT_SIZE, MODE_TYPES, XATTR_IBODY_HEADER_SIZE } from '../erofs/inode.js';
 import type { FileType } from '../erofs/inode.js';
 import { EROFS_SUPER_MAGIC, EROFS_SUPER_OFFSET, EROFS_SUPERBLOCK_SIZE, FEATURE_COMPAT_MTIME, FEATURE_COMPAT_SB_CHKSUM } from '../erofs/superblock.js';
-import { XATTR_ENTRY_HEADER_SIZE } from '../erofs/xattr.js';
+import { XATTR_ENTRY_HEADER_SIZE, XATTR_PREFIXES } from '../erofs/xattr.js';
 
 export {
   DATA_LAYOUT,
@@ -19,6 +19,7 @@ export {
   EROFS_SUPERBLOCK_SIZE,
   XATTR_ENTRY_HEADER_SIZE,
   XATTR_IBODY_HEADER_SIZE,
+  XATTR_PREFIXES,
 };
 export type { FileType };
 
@@ -40,27 +41,13 @@ export const MAX_XATTR_VALUE_SIZE = 0xffff;
 /** Longest symlink target (PATH_MAX - 1). */
 export const MAX_SYMLINK_TARGET = 4095;
 
-/** Mode type bits (S_IFMT) by node kind. */
-export const MODE_TYPE_BITS: Readonly<Record<FileType, number>> = {
-  file: 0o100000,
-  dir: 0o040000,
-  symlink: 0o120000,
-  char: 0o020000,
-  block: 0o060000,
-  fifo: 0o010000,
-  socket: 0o140000,
-};
+/** Mode type bits (S_IFMT) by node kind: the reader's MODE_TYPES turned around. */
+export const MODE_TYPE_BITS = Object.fromEntries([...MODE_TYPES].map(([bits, type]) => [type, bits])) as Readonly<Record<FileType, number>>;
 
-/** EROFS_FT_* dirent file types by node kind. */
-export const DIRENT_TYPE: Readonly<Record<FileType, number>> = {
-  file: 1,
-  dir: 2,
-  char: 3,
-  block: 4,
-  fifo: 5,
-  socket: 6,
-  symlink: 7,
-};
+/** EROFS_FT_* dirent file types by node kind: the reader's DIRENT_FILE_TYPES turned around. */
+export const DIRENT_TYPE = Object.fromEntries(
+  DIRENT_FILE_TYPES.flatMap((type, ft) => (type === 'unknown' ? [] : [[type, ft]])),
+) as Readonly<Record<FileType, number>>;
 
 /** n rounded up to a multiple of `to` (a power of two or any positive integer). */
 export function alignUp(n: number, to: number): number {

@@ -12,6 +12,7 @@ import {
   MkfsError,
   XATTR_ENTRY_HEADER_SIZE,
   XATTR_IBODY_HEADER_SIZE,
+  XATTR_PREFIXES,
   alignUp,
 } from './format.js';
 
@@ -27,15 +28,15 @@ export interface SourceXattr {
   value: Buffer;
 }
 
-/** Name prefixes EROFS indexes (EROFS_XATTR_INDEX_*); the ACL names are whole names with an empty suffix. */
-const PREFIXES: ReadonlyArray<{ prefix: string; index: number; whole: boolean }> = [
-  { prefix: 'user.', index: 1, whole: false },
-  { prefix: 'system.posix_acl_access', index: 2, whole: true },
-  { prefix: 'system.posix_acl_default', index: 3, whole: true },
-  { prefix: 'trusted.', index: 4, whole: false },
-  { prefix: 'lustre.', index: 5, whole: false },
-  { prefix: 'security.', index: 6, whole: false },
-];
+/**
+ * Name prefixes EROFS indexes (EROFS_XATTR_INDEX_*, the reader's table); the ACL names, which do not end in
+ * '.', are whole names with an empty suffix.
+ */
+const PREFIXES: ReadonlyArray<{ prefix: string; index: number; whole: boolean }> = [...XATTR_PREFIXES].map(([index, prefix]) => ({
+  prefix,
+  index,
+  whole: !prefix.endsWith('.'),
+}));
 
 /** Undoes getfattr's quoting: every \ooo becomes the byte it stands for (backslashes are always quoted). */
 export function unquoteGetfattr(s: string): string {
