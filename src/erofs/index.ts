@@ -29,5 +29,5 @@ export {
   WHITEOUT_PREFIX,
 } from './layered.js';
 export type { LayerDir, LayeredViewOptions, ViewEntry, ViewNode } from './layered.js';
-export { chunksOfRanges, DEFAULT_PREFETCH_MAX_ENTRIES, mergeRanges, pathRanges } from './prefetch.js';
-export type { ImageRange, PathRangesResult } from './prefetch.js';
+export { chunksOfRanges, DEFAULT_PREFETCH_MAX_ENTRIES, inodeRanges, mergeRanges, pathRanges } from './prefetch.js';
+export type { ImageRange, InodeRange, PathRangesResult } from './prefetch.js';

@@ -3,6 +3,7 @@
 // its data extents; a directory its inode, its blocks (every layer copy merged into it) and, recursively,
 // everything below it; a symlink its target. The metadata needed to find these (path lookups, directory
 // listings) is read through the view while resolving, so it is fetched (and cached) by this call itself.
+import type { ErofsImage } from './image.js';
 import type { ErofsInode } from './inode.js';
 import type { LayeredView, ViewNode } from './layered.js';
 import { ErofsPathError } from './errors.js';
@@ -48,6 +49,20 @@ export function chunksOfRanges(ranges: ImageRange[], chunkSize: number): number[
   return [...chunks].sort((a, b) => a - b);
 }
 
+/** An image range an inode occupies; `blockData` marks its data blocks (not its inode, xattrs or inline tail). */
+export interface InodeRange extends ImageRange {
+  blockData: boolean;
+}
+
+/** The image ranges of one inode: the inode with its xattrs, then its data extents (files, directories, symlinks). */
+export async function* inodeRanges(image: ErofsImage, inode: ErofsInode): AsyncGenerator<InodeRange> {
+  yield { offset: inode.offset, length: inode.metaEnd - inode.offset, blockData: false };
+  if (inode.type !== 'file' && inode.type !== 'dir' && inode.type !== 'symlink') return;
+  for await (const e of image.extents(inode)) {
+    if (e.physical !== undefined && e.physicalLength !== undefined) yield { offset: e.physical, length: e.physicalLength, blockData: e.kind !== 'inline' };
+  }
+}
+
 /** The ranges reading `paths` (files or directories, symlinks followed) will touch. */
 export async function pathRanges(view: LayeredView, paths: string[], maxEntries = DEFAULT_PREFETCH_MAX_ENTRIES): Promise<PathRangesResult> {
   const perLayer = new Map<number, ImageRange[]>();
@@ -57,11 +72,7 @@ export async function pathRanges(view: LayeredView, paths: string[], maxEntries 
     perLayer.set(layer, list);
   };
   const addExtents = async (layer: number, inode: ErofsInode) => {
-    add(layer, { offset: inode.offset, length: inode.metaEnd - inode.offset });
-    if (inode.type !== 'file' && inode.type !== 'dir' && inode.type !== 'symlink') return;
-    for await (const e of view.layers[layer]!.extents(inode)) {
-      if (e.physical !== undefined && e.physicalLength !== undefined) add(layer, { offset: e.physical, length: e.physicalLength });
-    }
+    for await (const r of inodeRanges(view.layers[layer]!, inode)) add(layer, { offset: r.offset, length: r.length });
   };
   const missing: string[] = [];
   let entries = 0;

@@ -6,8 +6,8 @@
 // The map is built by walking the layer's whole tree once (every inode's metadata, inline data and extents);
 // for an image laid out by mkfs.erofs that walk reads metadata spread over the image, so run it with the disk
 // cache of the recording mount.
-import type { ErofsImage } from '../erofs/index.js';
-import type { ErofsInode } from '../erofs/index.js';
+import { inodeRanges } from '../erofs/index.js';
+import type { ErofsImage, ErofsInode } from '../erofs/index.js';
 import type { PrefetchProfile } from './profile.js';
 
 /** Entries walked at most per layer (a larger tree is an error, not a silent partial map). */
@@ -54,15 +54,10 @@ export class LayerByteOwners {
       if (++entries > maxEntries) throw new Error(`more than ${maxEntries} inodes: not mapping ranges to paths`);
       const index = owners.paths.push(path) - 1;
       owners.#hasBlockData.push(false);
-      owners.#ranges.push({ start: inode.offset, end: inode.metaEnd, path: index, blockData: false });
-      if (inode.type === 'file' || inode.type === 'dir' || inode.type === 'symlink') {
-        for await (const e of image.extents(inode)) {
-          if (e.physical !== undefined && e.physicalLength !== undefined && e.physicalLength > 0) {
-            const blockData = e.kind !== 'inline';
-            if (blockData) owners.#hasBlockData[index] = true;
-            owners.#ranges.push({ start: e.physical, end: e.physical + e.physicalLength, path: index, blockData });
-          }
-        }
+      for await (const r of inodeRanges(image, inode)) {
+        if (r.length <= 0) continue;
+        if (r.blockData) owners.#hasBlockData[index] = true;
+        owners.#ranges.push({ start: r.offset, end: r.offset + r.length, path: index, blockData: r.blockData });
       }
       if (inode.type !== 'dir') continue;
       const children: Array<[ErofsInode, string]> = [];
