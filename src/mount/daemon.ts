@@ -31,6 +31,11 @@ export const SERVING_NODE_FLAGS: readonly string[] = ['--single-threaded-gc'];
  */
 const SERVING_MALLOC_ARENA_MAX = '1';
 
+/** The serving process's command line: `FLAGS CLI args... --foreground --ready-fd 3` (what `ps` shows). */
+function servingArgv(cliPath: string, args: string[]): string[] {
+  return [...SERVING_NODE_FLAGS, cliPath, ...args, '--foreground', '--ready-fd', String(READY_FD)];
+}
+
 function servingEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   return { ...process.env, MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? SERVING_MALLOC_ARENA_MAX, ...extra };
 }
@@ -50,7 +55,7 @@ let early: { child: ChildProcess; args: string[] } | undefined;
 
 /** Starts the serving process for `args` before they are parsed (see the header); startInBackground uses it. */
 export function startEarly(cliPath: string, args: string[]): void {
-  const child = spawn(process.execPath, [...SERVING_NODE_FLAGS, cliPath, ...args, '--foreground', '--ready-fd', String(READY_FD)], {
+  const child = spawn(process.execPath, servingArgv(cliPath, args), {
     detached: true,
     stdio: ['ignore', 'ignore', 'ignore', 'pipe', 'pipe'],
     env: servingEnv({ [EARLY_START_ENV]: '1' }),
@@ -114,7 +119,7 @@ export async function startInBackground(cliPath: string, args: string[], logPath
       cancelEarly();
     }
     const logFd = openSync(logPath, 'a');
-    child = spawn(process.execPath, [...SERVING_NODE_FLAGS, cliPath, ...args, '--foreground', '--ready-fd', String(READY_FD)], {
+    child = spawn(process.execPath, servingArgv(cliPath, args), {
       detached: true,
       stdio: ['ignore', logFd, logFd, 'pipe'],
       env: servingEnv(options.env ?? {}),

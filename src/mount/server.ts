@@ -296,10 +296,11 @@ export class MountServer {
     const run = async (): Promise<void> => {
       let plan: Array<{ layer: LazyLayer; chunks: number[] }>;
       let origin: string;
-      const startup = lazyLayers
-        .map((layer) => ({ layer, chunks: startupChunks(layer.descriptor, layer.size, layer.table.chunkSize) }))
-        .filter((p) => p.chunks.length > 0);
-      if (source === 'auto' && startup.length > 0) {
+      const startup =
+        source === 'auto'
+          ? lazyLayers.map((layer) => ({ layer, chunks: startupChunks(layer.descriptor, layer.size, layer.table.chunkSize) })).filter((p) => p.chunks.length > 0)
+          : [];
+      if (startup.length > 0) {
         plan = startup;
         origin = `start-up layout (${STARTUP_BYTES_ANNOTATION})`;
       } else if (source === 'auto') {
