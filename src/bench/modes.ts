@@ -267,41 +267,41 @@ async function lazyMount(env: BenchEnv, t: RunTarget, cacheDir: string, extra: s
   }
 }
 
-/** Mounts with `--record`, runs the workload, unmounts: the profile file is written at unmount. */
-export async function recordProfile(env: BenchEnv, t: RunTarget, profilePath: string): Promise<void> {
-  const cacheDir = join(env.scratch, 'record-cache');
+/** Mounts with `--record profilePath` (and `extra`), runs the workload, unmounts: the profile is written at unmount. */
+async function recordWorkload(env: BenchEnv, t: RunTarget, profilePath: string, cacheDir: string, extra: string[]): Promise<void> {
   const mnt = join(env.scratch, 'mnt');
   await rm(profilePath, { force: true });
-  dropCaches();
-  await cli(env, ['mount', `${t.host}/${t.image.seekableRef}`, mnt, '--state-dir', env.stateDir, '--cache-dir', cacheDir, '--record', profilePath]);
+  await cli(env, ['mount', `${t.host}/${t.image.seekableRef}`, mnt, '--state-dir', env.stateDir, '--cache-dir', cacheDir, '--record', profilePath, ...extra]);
   try {
     await runWorkload(mnt, t.workload);
   } finally {
     await cli(env, ['umount', mnt, '--state-dir', env.stateDir]);
-    await rm(cacheDir, { recursive: true, force: true });
   }
   if (!existsSync(profilePath)) throw new Error(`mount --record ${profilePath} wrote no profile`);
 }
 
+/** Records the workload's prefetch profile from a cold start into `profilePath`. */
+export async function recordProfile(env: BenchEnv, t: RunTarget, profilePath: string): Promise<void> {
+  const cacheDir = join(env.scratch, 'record-cache');
+  dropCaches();
+  try {
+    await recordWorkload(env, t, profilePath, cacheDir, []);
+  } finally {
+    await rm(cacheDir, { recursive: true, force: true });
+  }
+}
+
 /**
- * The paths the workload reads, in first-read order: mounts the image with `--record`, runs the workload,
- * unmounts, then maps the recorded block ranges to paths with `profile paths` (through the recording's disk
- * cache), writing them to `outPath`. Input of a start-up-ordered conversion (`convert --hot-paths`).
+ * The paths the workload reads, in first-read order: records it with `--record-exact`, then maps the recorded
+ * block ranges to paths with `profile paths` (through the recording's disk cache), writing them to `outPath`.
+ * Input of a start-up-ordered conversion (`convert --hot-paths`).
  */
 export async function recordHotPaths(env: BenchEnv, t: RunTarget, outPath: string): Promise<void> {
   const profilePath = join(env.scratch, 'hot-record.profile');
   const cacheDir = join(env.scratch, 'hot-record-cache');
-  const mnt = join(env.scratch, 'mnt');
-  const ref = `${t.host}/${t.image.seekableRef}`;
-  await rm(profilePath, { force: true });
   try {
-    await cli(env, ['mount', ref, mnt, '--state-dir', env.stateDir, '--cache-dir', cacheDir, '--record', profilePath, '--record-exact', '--prefetch', 'none']);
-    try {
-      await runWorkload(mnt, t.workload);
-    } finally {
-      await cli(env, ['umount', mnt, '--state-dir', env.stateDir]);
-    }
-    await cli(env, ['profile', 'paths', ref, profilePath, '--cache-dir', cacheDir, '--output', outPath]);
+    await recordWorkload(env, t, profilePath, cacheDir, ['--record-exact', '--prefetch', 'none']);
+    await cli(env, ['profile', 'paths', `${t.host}/${t.image.seekableRef}`, profilePath, '--cache-dir', cacheDir, '--output', outPath]);
   } finally {
     await rm(cacheDir, { recursive: true, force: true });
     await rm(profilePath, { force: true });
